@@ -1,0 +1,410 @@
+"""Reading `docker save` output: where each layer's tar lies, from a live stream or from a file.
+
+A live save is copied once into a spool file while its tar headers are read; a layer becomes
+available the moment its last byte is on disk, so Clair can start on it while later layers still
+stream. Layers are never extracted: they are served as byte ranges of the spool (or archive) file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import posixpath
+import re
+import tarfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import DockerError, FileSystemError, ScanError, UsageError
+from .models import Image, Layer, chain_ids
+
+CHUNK = 1 << 20
+_V1_JSON = re.compile(r"^([0-9a-f]{64})/json$")
+_BLOB = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A byte range of a file on disk: one layer tar inside a saved image."""
+
+    path: str
+    offset: int
+    size: int
+
+
+class LayerFiles:
+    """Blobs of one image by layer index, published by a producer thread, awaited by consumers."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._blobs: dict[int, Blob] = {}
+        self._error: BaseException | None = None
+        self._finished = False
+        self._cond = threading.Condition()
+
+    def put(self, index: int, blob: Blob) -> None:
+        with self._cond:
+            self._blobs[index] = blob
+            self._cond.notify_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            self._finished = True
+            self._error = error
+            self._cond.notify_all()
+
+    def wait(self, index: int, timeout: float) -> Blob:
+        end = time.monotonic() + timeout
+        with self._cond:
+            while index not in self._blobs:
+                if self._error is not None:
+                    raise self._error
+                if self._finished:
+                    raise DockerError(f"the saved image has no data for layer {index + 1}")
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise DockerError(f"docker save did not deliver layer {index + 1} in time")
+                # Short waits keep Ctrl-C responsive in the main thread.
+                self._cond.wait(min(left, 0.5))
+            return self._blobs[index]
+
+
+class _Spool:
+    """A seekable reader over a stream that is being copied to `path`: tarfile reads headers through
+    it, and every byte it pulls from the stream lands in the file first."""
+
+    def __init__(self, chunks: Iterable[bytes], path: str) -> None:
+        self.name = path
+        self._chunks: Iterator[bytes] = iter(chunks)
+        self._out = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._in = open(path, "rb")  # noqa: SIM115
+        self._written = 0
+        self._pos = 0
+        self._exhausted = False
+
+    def _fill(self, upto: int) -> None:
+        while self._written < upto and not self._exhausted:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._exhausted = True
+            else:
+                self._out.write(chunk)
+                self._written += len(chunk)
+        self._out.flush()
+
+    def drain(self) -> None:
+        """Copy whatever the stream still holds (padding after the tar's end marker)."""
+        self._fill(1 << 62)
+
+    def read(self, size: int = -1) -> bytes:
+        self._fill(1 << 62 if size < 0 else self._pos + size)
+        self._in.seek(self._pos)
+        data = self._in.read(size)
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_CUR:
+            offset += self._pos
+        elif whence == os.SEEK_END:
+            self.drain()
+            offset += self._written
+        self._pos = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        self._out.close()
+        self._in.close()
+
+
+def _complete_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """Each member once its data is fully on disk: that is when the next header has been read."""
+    previous: tarfile.TarInfo | None = None
+    for member in tar:
+        if previous is not None:
+            yield previous
+        previous = member
+    if previous is not None:
+        yield previous
+
+
+def _read_json(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Any:
+    handle = tar.extractfile(member)
+    if handle is None:
+        raise ValueError(f"{member.name} is not a file")
+    return json.loads(handle.read())
+
+
+class _TarIndex:
+    """Regular files and symlinks of a saved image, by member name."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.files: dict[str, Blob] = {}
+        self.links: dict[str, str] = {}
+
+    def add(self, member: tarfile.TarInfo) -> None:
+        name = posixpath.normpath(member.name)
+        if member.isfile():
+            self.files[name] = Blob(self.path, member.offset_data, member.size)
+        elif member.issym() or member.islnk():
+            # Docker writes a repeated layer as a relative symlink to its first copy.
+            base = posixpath.dirname(name) if member.issym() else ""
+            self.links[name] = posixpath.normpath(posixpath.join(base, member.linkname))
+
+    def resolve(self, name: str) -> Blob | None:
+        name = posixpath.normpath(name)
+        for _ in range(16):
+            if name in self.files:
+                return self.files[name]
+            if name not in self.links:
+                return None
+            name = self.links[name]
+        return None
+
+
+class _LayerMatcher:
+    """Works out which member holds which layer while a save streams, before manifest.json (which
+    Docker writes last) arrives: OCI blobs are named by digest, and classic `<id>/json` files name
+    their parent, so a layer's depth in that chain is its index. The manifest settles the rest and
+    must agree with what was matched early."""
+
+    def __init__(self, image: Image, index: _TarIndex, files: LayerFiles) -> None:
+        self._image = image
+        self._index = index
+        self._files = files
+        self._parents: dict[str, str] = {}
+        self._early: dict[int, str] = {}
+        self._manifest: list[str] | None = None
+
+    def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        self._index.add(member)
+        name = posixpath.normpath(member.name)
+        v1 = _V1_JSON.match(name)
+        if v1 and member.isfile():
+            self._parents[v1.group(1)] = str(_read_json(tar, member).get("parent") or "")
+        elif name == "manifest.json" and member.isfile():
+            self._manifest = _manifest_layers(_read_json(tar, member), self._image.id)
+        self._publish()
+
+    def finish(self) -> None:
+        self._publish()
+        missing = [i for i in range(self._files.count) if i not in self._early]
+        if missing:
+            raise DockerError(f"docker save output has no layer {missing[0] + 1} of the image")
+
+    def _depths(self) -> dict[int, str]:
+        depth: dict[str, int] = {}
+        changed = True
+        while changed:
+            changed = False
+            for v1_id, parent in self._parents.items():
+                if v1_id in depth:
+                    continue
+                if not parent:
+                    depth[v1_id] = 0
+                elif parent in depth:
+                    depth[v1_id] = depth[parent] + 1
+                else:
+                    continue
+                changed = True
+        return {d: f"{v1_id}/layer.tar" for v1_id, d in depth.items()}
+
+    def _candidates(self) -> dict[int, str]:
+        if self._manifest is not None:
+            return dict(enumerate(self._manifest))
+        found = self._depths()
+        for layer in self._image.layers:
+            algo, _, hexdigest = layer.diff_id.partition(":")
+            blob = f"blobs/{algo}/{hexdigest}"
+            if layer.index not in found and (blob in self._index.files or blob in self._index.links):
+                found[layer.index] = blob
+        return found
+
+    def _publish(self) -> None:
+        for position, name in self._candidates().items():
+            if position >= self._files.count:
+                raise DockerError("docker save output has more layers than the image")
+            if position in self._early:
+                if self._early[position] != name and self._index.resolve(name) != self._index.resolve(
+                    self._early[position]
+                ):
+                    raise DockerError("docker save output does not match the image's layers")
+                continue
+            blob = self._index.resolve(name)
+            if blob is not None:
+                self._early[position] = name
+                self._files.put(position, blob)
+
+
+def _manifest_layers(manifest: Any, image_id: str) -> list[str]:
+    entries = manifest if isinstance(manifest, list) else []
+    hexid = image_id.partition(":")[2]
+    for entry in entries:
+        if hexid and hexid in str(entry.get("Config", "")):
+            return [str(x) for x in entry.get("Layers", [])]
+    if len(entries) == 1:
+        return [str(x) for x in entries[0].get("Layers", [])]
+    raise DockerError("docker save output has no manifest for the image")
+
+
+def stream_save(
+    chunks: Iterable[bytes],
+    image: Image,
+    spool_path: str,
+    files: LayerFiles,
+    stop: threading.Event,
+) -> None:
+    """Copy a live `docker save` stream to `spool_path`, publishing each layer into `files` as soon
+    as it is complete. Runs in its own thread; any failure is handed to the waiting consumer."""
+    error: BaseException | None = None
+
+    def stoppable() -> Iterator[bytes]:
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                yield chunk
+        except Exception as exc:
+            raise DockerError(f"docker save failed: {exc}") from exc
+
+    spool: _Spool | None = None
+    try:
+        spool = _Spool(stoppable(), spool_path)
+        matcher = _LayerMatcher(image, _TarIndex(spool_path), files)
+        with tarfile.open(fileobj=spool, mode="r:") as tar:  # type: ignore[call-overload]
+            for member in _complete_members(tar):
+                matcher.add(member, tar)
+        if not stop.is_set():
+            matcher.finish()
+    except ScanError as exc:
+        error = exc
+    except OSError as exc:
+        error = FileSystemError(f"cannot write the image to {os.path.dirname(spool_path)}: {exc}")
+    except tarfile.TarError as exc:
+        error = DockerError(f"docker save produced an unreadable archive: {exc}")
+    except BaseException as exc:
+        error = DockerError(f"docker save failed: {exc}")
+    finally:
+        if spool is not None:
+            spool.close()
+        files.finish(error)
+
+
+# ---------------------------------------------------------------------------------------------
+# Archives on disk: `clair-scan scan --archive FILE`
+
+
+@dataclass(frozen=True)
+class ArchiveImage:
+    image: Image
+    files: LayerFiles
+
+
+def _plain_tar(path: str, workdir: str) -> str:
+    """The archive as a plain tar on disk: itself, or a decompressed copy of a gzipped one."""
+    with open(path, "rb") as raw:
+        magic = raw.read(2)
+    if magic != b"\x1f\x8b":
+        return path
+    plain = os.path.join(workdir, "archive.tar")
+    with gzip.open(path, "rb") as src, open(plain, "wb") as out:
+        while chunk := src.read(CHUNK):
+            out.write(chunk)
+    return plain
+
+
+def read_archive(path: str, workdir: str) -> list[ArchiveImage]:
+    """Every image in a `docker save` archive, classic or OCI layout, layers gzipped or not."""
+    try:
+        tar_path = _plain_tar(path, workdir)
+        index = _TarIndex(tar_path)
+        with tarfile.open(tar_path, mode="r:") as tar:
+            for member in tar:
+                index.add(member)
+            return _archive_images(tar, index, os.path.basename(path))
+    except FileNotFoundError:
+        raise UsageError(f"archive not found: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"archive is a directory: {path}") from None
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, ValueError, KeyError) as exc:
+        raise UsageError(f"{path} is not a readable docker save archive: {exc}") from None
+    except OSError as exc:
+        raise FileSystemError(f"cannot read {path}: {exc}") from None
+
+
+def _blob_json(tar: tarfile.TarFile, index: _TarIndex, name: str) -> Any:
+    blob = index.resolve(name)
+    if blob is None:
+        raise ValueError(f"missing {name}")
+    handle = tar.fileobj
+    assert handle is not None
+    handle.seek(blob.offset)
+    return json.loads(handle.read(blob.size))
+
+
+def _archive_images(tar: tarfile.TarFile, index: _TarIndex, fallback_name: str) -> list[ArchiveImage]:
+    entries: list[tuple[str, list[str], list[str]]] = []  # (config member, layer members, tags)
+    if "manifest.json" in index.files:
+        for entry in _blob_json(tar, index, "manifest.json"):
+            entries.append((entry["Config"], list(entry["Layers"]), list(entry.get("RepoTags") or [])))
+    elif "index.json" in index.files:
+        for desc in _blob_json(tar, index, "index.json").get("manifests", []):
+            entries.append(_oci_entry(tar, index, desc))
+    else:
+        raise ValueError("neither manifest.json nor index.json found")
+    if not entries:
+        raise ValueError("the archive holds no image")
+    images = []
+    for config_name, layer_names, tags in entries:
+        config = _blob_json(tar, index, config_name)
+        diff_ids = list(config["rootfs"]["diff_ids"])
+        if len(diff_ids) != len(layer_names) or not diff_ids:
+            raise ValueError(f"{config_name}: layer count does not match the manifest")
+        created_by = history_from_config(config.get("history") or [], len(diff_ids))
+        layers = tuple(
+            Layer(i, d, c, created_by[i])
+            for i, (d, c) in enumerate(zip(diff_ids, chain_ids(diff_ids), strict=True))
+        )
+        config_blob = index.resolve(config_name)
+        assert config_blob is not None
+        config_digest = "sha256:" + posixpath.basename(config_name).removesuffix(".json")
+        image = Image(name=tags[0] if tags else fallback_name, id=config_digest, layers=layers)
+        files = LayerFiles(len(layers))
+        for i, name in enumerate(layer_names):
+            blob = index.resolve(name)
+            if blob is None:
+                raise ValueError(f"layer {name} is missing from the archive")
+            files.put(i, blob)
+        files.finish()
+        images.append(ArchiveImage(image, files))
+    return images
+
+
+def _oci_entry(
+    tar: tarfile.TarFile, index: _TarIndex, desc: dict[str, Any]
+) -> tuple[str, list[str], list[str]]:
+    def member(d: dict[str, Any]) -> str:
+        algo, _, hexdigest = str(d["digest"]).partition(":")
+        return f"blobs/{algo}/{hexdigest}"
+
+    manifest = _blob_json(tar, index, member(desc))
+    while "manifests" in manifest:  # an image index: take the first (platform) manifest
+        desc = manifest["manifests"][0] | {"annotations": desc.get("annotations", {})}
+        manifest = _blob_json(tar, index, member(desc))
+    annotations = desc.get("annotations") or {}
+    tag = annotations.get("io.containerd.image.name") or annotations.get("org.opencontainers.image.ref.name")
+    return member(manifest["config"]), [member(d) for d in manifest["layers"]], [tag] if tag else []
+
+
+def history_from_config(history: list[dict[str, Any]], count: int) -> list[str]:
+    """`created_by` of each layer from an image config's history, skipping empty-layer steps."""
+    steps = [str(h.get("created_by", "")) for h in history if not h.get("empty_layer")]
+    return steps if len(steps) == count else [""] * count

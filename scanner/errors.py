@@ -1,0 +1,39 @@
+"""One error hierarchy for every stage; only the CLI turns these into messages and exit codes."""
+
+from __future__ import annotations
+
+
+class ScanError(Exception):
+    """A failure the user can act on. `hint` is an optional second sentence saying how."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(ScanError):
+    """Bad input from the user: unknown image, malformed whitelist, bad option."""
+
+    exit_code = 2
+
+
+class DockerError(ScanError):
+    """The Docker engine failed or could not be reached."""
+
+
+class ClairError(ScanError):
+    """Clair failed, answered with an error, or did not answer in time."""
+
+
+class BackendError(ScanError):
+    """The local Clair/PostgreSQL containers could not be brought up or inspected."""
+
+
+class FileSystemError(ScanError):
+    """Reading or writing local files failed (disk full, permissions)."""

@@ -1,0 +1,99 @@
+"""The image stage: an image in the Docker engine, its layers and chain IDs, and its export."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from .archive import CHUNK, LayerFiles, stream_save
+from .errors import DockerError, UsageError
+from .models import Image, Layer, chain_ids
+
+
+def connect() -> Any:
+    """A docker SDK client from the environment (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH)."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        where = os.environ.get("DOCKER_HOST") or "the local socket"
+        raise DockerError(
+            f"cannot reach the Docker engine at {where}: {_short(exc)}",
+            hint="is the Docker daemon running and is DOCKER_HOST right?",
+        ) from None
+    return client
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def inspect(client: Any, ref: str) -> Image:
+    """The image's layers from its config: no export needed to know what Clair should hold."""
+    try:
+        attrs = client.api.inspect_image(ref)
+        history = client.api.history(attrs["Id"])
+    except docker.errors.ImageNotFound:
+        raise UsageError(
+            f"image not found: {ref}", hint="build or pull it first, or scan a tarball with --archive"
+        ) from None
+    except docker.errors.APIError as exc:
+        if exc.status_code is not None and 400 <= exc.status_code < 500:
+            raise UsageError(f"cannot use image {ref!r}: {exc.explanation or exc}") from None
+        raise DockerError(f"Docker could not inspect {ref}: {exc.explanation or exc}") from None
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise DockerError(f"Docker could not inspect {ref}: {_short(exc)}") from None
+    diff_ids = list(attrs.get("RootFS", {}).get("Layers") or [])
+    if not diff_ids:
+        raise UsageError(f"image {ref} has no layers to scan")
+    created_by = created_by_from_history(history, len(diff_ids))
+    layers = tuple(
+        Layer(i, d, c, created_by[i])
+        for i, (d, c) in enumerate(zip(diff_ids, chain_ids(diff_ids), strict=True))
+    )
+    return Image(name=ref, id=attrs["Id"], layers=layers, digests=tuple(attrs.get("RepoDigests") or ()))
+
+
+def created_by_from_history(history: list[dict[str, Any]], count: int) -> list[str]:
+    """Map the engine's history (newest first, no empty-layer flag) onto layers: steps that made a
+    layer are the ones with a size; if that does not add up, give up rather than mislabel."""
+    steps = list(reversed(history))
+    sized = [h for h in steps if int(h.get("Size") or 0) > 0]
+    for candidate in (sized, steps):
+        if len(candidate) == count:
+            return [str(h.get("CreatedBy") or "") for h in candidate]
+    return [""] * count
+
+
+@contextmanager
+def exported(client: Any, image: Image, workdir: str) -> Iterator[LayerFiles]:
+    """Stream `docker save` of the image into a spool file in `workdir`, in the background. The
+    yielded LayerFiles hands out each layer as soon as its bytes are on disk."""
+    files = LayerFiles(len(image.layers))
+    stop = threading.Event()
+    spool = os.path.join(workdir, image.id.replace(":", "-") + ".tar")
+
+    def run() -> None:
+        try:
+            chunks = client.api.get_image(image.id, chunk_size=CHUNK)
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            files.finish(DockerError(f"docker save of {image.name} failed: {_short(exc)}"))
+            return
+        stream_save(chunks, image, spool, files, stop)
+
+    thread = threading.Thread(target=run, name="docker-save", daemon=True)
+    thread.start()
+    try:
+        yield files
+    finally:
+        stop.set()
+        # The thread notices `stop` at its next chunk; a stalled engine must not hold up cleanup.
+        thread.join(timeout=1.0)
