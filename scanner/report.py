@@ -159,13 +159,13 @@ def result_json(result: ImageResult) -> dict[str, Any]:
 
 def write_atomic(path: str, data: dict[str, Any]) -> None:
     """Readers see the old file or the whole new one, never a partial report."""
+    text = json.dumps(data, indent=2) + "\n"
     directory = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
