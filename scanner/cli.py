@@ -12,13 +12,14 @@ import logging
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any
 
 import typer
 
-from . import __version__, pipeline, report
-from .errors import ScanError, UsageError
+from . import __version__
+from .errors import BackendError, ScanError, UsageError
 from .models import Severity
 
 OK, FOUND, USAGE, FAILURE, INTERRUPTED = 0, 1, 2, 3, 130
@@ -32,11 +33,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Scan container images for known vulnerabilities with Clair v2.",
 )
+bundle_app = typer.Typer(no_args_is_help=True, help="Move the backend images to hosts without a registry.")
+app.add_typer(bundle_app, name="bundle")
 
 
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
+
+
+class Pull(str, Enum):
+    missing = "missing"
+    always = "always"
+    never = "never"
+
+
+class Network(str, Enum):
+    bridge = "bridge"
+    host = "host"
 
 
 def _version(value: bool) -> None:
@@ -54,6 +68,60 @@ def _root(
     """Scan container images for known vulnerabilities with Clair v2."""
 
 
+# Options shared by the commands that run the appliance, declared once.
+DbImage = Annotated[
+    str, typer.Option("--db-image", envvar="CLAIR_DB_IMAGE", help="Vulnerability database image.")
+]
+ClairImage = Annotated[str, typer.Option("--clair-image", envvar="CLAIR_IMAGE", help="Clair v2 image.")]
+PullOpt = Annotated[Pull, typer.Option("--pull", help="When to pull the backend images.")]
+NetworkOpt = Annotated[
+    Network | None,
+    typer.Option("--network", help="Backend networking [default: bridge if the engine has one, else host]."),
+]
+DbPort = Annotated[
+    int | None, typer.Option("--db-port", min=1, max=65535, help="PostgreSQL port with --network host.")
+]
+ClairPort = Annotated[
+    int | None, typer.Option("--clair-port", min=1, max=65535, help="Clair API port with --network host.")
+]
+ReadyTimeout = Annotated[
+    float, typer.Option("--ready-timeout", min=1, help="Seconds to wait for the backend to be ready.")
+]
+MaxDbAge = Annotated[
+    float | None,
+    typer.Option("--max-db-age", min=0, help="Days the vulnerability data may be old.", show_default=False),
+]
+LogOpt = Annotated[
+    str | None, typer.Option("--log", "-l", help="Write a debug log to this file.", show_default=False)
+]
+
+
+def _backend_settings(
+    db_image: str,
+    clair_image: str,
+    pull: Pull,
+    network: Network | None,
+    db_port: int | None,
+    clair_port: int | None,
+    ready_timeout: float,
+    ip: str | None = None,
+    bind: str | None = None,
+) -> Any:
+    from . import backend
+
+    return backend.Settings(
+        db_image=db_image,
+        clair_image=clair_image,
+        pull=pull.value,
+        network=network.value if network else None,
+        db_port=db_port,
+        clair_port=clair_port,
+        ready_timeout=ready_timeout,
+        ip=ip,
+        bind=bind,
+    )
+
+
 def _setup_log(path: str | None) -> None:
     if not path:
         return
@@ -66,22 +134,25 @@ def _setup_log(path: str | None) -> None:
     log.setLevel(logging.DEBUG)
 
 
-def _guarded(work: Callable[[], int]) -> int:
+def _guarded(work: Callable[[], int], log_file: str | None = None) -> None:
     """Run a command body, turning every way it can end into one stderr line and an exit code."""
     from .terminal import Terminal
 
+    terminal = Terminal()
     try:
-        return work()
+        _setup_log(log_file)
+        code = work()
     except ScanError as exc:
-        Terminal().error(str(exc))
-        return exc.exit_code if exc.exit_code in (USAGE, FAILURE) else FAILURE
+        terminal.error(str(exc), exc.detail)
+        code = exc.exit_code if exc.exit_code in (USAGE, FAILURE) else FAILURE
     except KeyboardInterrupt:
-        Terminal().error("interrupted")
-        return INTERRUPTED
+        terminal.error("interrupted")
+        code = INTERRUPTED
     except Exception as exc:  # a bug: say so, and never exit 1, which CI reads as "vulnerable"
         log.exception("unexpected error")
-        Terminal().error(f"unexpected {type(exc).__name__}: {exc} (please report this; --log has details)")
-        return FAILURE
+        terminal.error(f"unexpected {type(exc).__name__}: {exc} (please report it; --log FILE has details)")
+        code = FAILURE
+    raise typer.Exit(code)
 
 
 def _severity(text: str) -> Severity:
@@ -91,46 +162,42 @@ def _severity(text: str) -> Severity:
         raise typer.BadParameter(str(exc)) from None
 
 
-ImagesArg = Annotated[
-    list[str] | None, typer.Argument(help="Images in the Docker engine.", show_default=False)
-]
-ClairOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--clair", envvar="CLAIR_ADDR", help="URL of a running Clair v2 (API port).", show_default=False
-    ),
-]
-
-
 @app.command()
 def scan(
-    images: ImagesArg = None,
+    images: Annotated[
+        list[str] | None,
+        typer.Argument(help="Images in the Docker engine.", show_default=False, metavar="[IMAGE]..."),
+    ] = None,
     archive: Annotated[
         list[str] | None,
+        typer.Option("--archive", help="Scan a `docker save` tarball (repeatable).", metavar="FILE"),
+    ] = None,
+    clair: Annotated[
+        str | None,
         typer.Option(
-            "--archive", help="Scan a `docker save` tarball instead (repeatable).", show_default=False
+            "--clair",
+            envvar="CLAIR_ADDR",
+            help="Use this running Clair v2 instead of starting the local appliance.",
+            metavar="URL",
         ),
     ] = None,
-    clair: ClairOpt = None,
     ip: Annotated[
         str | None,
         typer.Option(
-            "--ip", help="Address Clair uses to download layers from this host.", show_default=False
+            "--ip",
+            help="Address Clair downloads layers from [default: found from the route to Clair].",
+            metavar="ADDR",
         ),
     ] = None,
     bind: Annotated[
         str | None,
-        typer.Option(
-            "--bind",
-            help="Address the layer server listens on [default: the --ip value].",
-            show_default=False,
-        ),
+        typer.Option("--bind", help="Address the layer server listens on [default: --ip].", metavar="ADDR"),
     ] = None,
     port: Annotated[
         int, typer.Option("--port", min=0, max=65535, help="Layer server port; 0 picks a free one.")
     ] = 0,
     clair_timeout: Annotated[
-        float, typer.Option("--clair-timeout", min=1, help="Seconds Clair may take for one image's analysis.")
+        float, typer.Option("--clair-timeout", min=1, help="Seconds Clair may take for one image.")
     ] = 300.0,
     whitelist_file: Annotated[
         str | None,
@@ -138,8 +205,8 @@ def scan(
             "--whitelist",
             "-w",
             envvar="WHITELIST_FILE",
-            help="Whitelist YAML (clair-scanner format).",
-            show_default=False,
+            help="Whitelist YAML (clair-scanner's format).",
+            metavar="FILE",
         ),
     ] = None,
     threshold: Annotated[
@@ -150,6 +217,7 @@ def scan(
             envvar="CLAIR_OUTPUT",
             help="Lowest severity that fails the scan: Unknown, Negligible, Low, Medium, High, "
             "Critical, Defcon1.",
+            metavar="SEVERITY",
         ),
     ] = "Unknown",
     ignore_unfixed: Annotated[
@@ -160,98 +228,139 @@ def scan(
         typer.Option(
             "--report",
             "-r",
-            help="GitLab report file; with several images, one per image (name-<image>.json).",
+            help="GitLab report file. With several images, one per image: NAME-<image>.json.",
+            metavar="FILE",
         ),
     ] = "gl-container-scanning-report.json",
     no_report: Annotated[bool, typer.Option("--no-report", help="Write no report file.")] = False,
     output: Annotated[
         OutputFormat, typer.Option("--format", help="table for people, json for scripts.")
     ] = OutputFormat.table,
-    log_file: Annotated[
-        str | None, typer.Option("--log", "-l", help="Write a debug log to this file.", show_default=False)
-    ] = None,
+    log_file: LogOpt = None,
+    db_image: DbImage = "arminc/clair-db:latest",
+    clair_image: ClairImage = "arminc/clair-local-scan:latest",
+    pull: PullOpt = Pull.missing,
+    network: NetworkOpt = None,
+    db_port: DbPort = None,
+    clair_port: ClairPort = None,
+    ready_timeout: ReadyTimeout = 180.0,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the started appliance running, as `up` does.")
+    ] = False,
+    max_db_age: MaxDbAge = None,
 ) -> None:
-    """Scan images for vulnerabilities; the exit code is the CI gate."""
+    """Scan images for vulnerabilities; the exit code is the CI gate.
+
+    Without --clair, the Clair appliance (clair-db and clair-local-scan) is started for the scan
+    and removed afterwards, or the one `clair-scan up` left running is used.
+    """
+    from . import pipeline
+
     level = _severity(threshold)
-    code = _guarded(
-        lambda: _scan(
+    backend_settings = _backend_settings(
+        db_image, clair_image, pull, network, db_port, clair_port, ready_timeout, ip, bind
+    )
+
+    def work() -> int:
+        from . import whitelist
+
+        if not images and not archive:
+            raise UsageError("nothing to scan: name an image or give --archive FILE")
+        settings = pipeline.Settings(
+            ip=ip or "",
+            bind=bind,
+            port=port,
+            clair_timeout=clair_timeout,
+            threshold=level,
+            ignore_unfixed=ignore_unfixed,
+            whitelist=whitelist.load(whitelist_file) if whitelist_file else None,
+        )
+        return _scan(
             images or [],
             archive or [],
             clair,
-            ip,
-            bind,
-            port,
-            clair_timeout,
-            whitelist_file,
-            level,
-            ignore_unfixed,
+            settings,
+            backend_settings,
             None if no_report else report_path,
             output,
-            log_file,
+            keep,
+            max_db_age,
         )
-    )
-    raise typer.Exit(code)
+
+    _guarded(work, log_file)
 
 
 def _scan(
     images: list[str],
     archives: list[str],
     clair: str | None,
-    ip: str | None,
-    bind: str | None,
-    port: int,
-    clair_timeout: float,
-    whitelist_file: str | None,
-    threshold: Severity,
-    ignore_unfixed: bool,
+    settings: Any,
+    backend_settings: Any,
     report_path: str | None,
     output: OutputFormat,
-    log_file: str | None,
+    keep: bool,
+    max_db_age: float | None,
 ) -> int:
-    from . import whitelist
+    import dataclasses
+
+    from . import backend, image, pipeline, report
     from .clair import normalize_url
     from .layerserver import route_address
     from .terminal import Terminal
 
-    _setup_log(log_file)
-    if not images and not archives:
-        raise UsageError("nothing to scan: name an image or give --archive FILE")
-    rules = whitelist.load(whitelist_file) if whitelist_file else None
-    if clair is None:
-        raise UsageError("no Clair given: pass --clair URL or set CLAIR_ADDR")
-    clair_url = normalize_url(clair)
     terminal = Terminal(quiet=output is OutputFormat.json)
     with ExitStack() as stack:
+        # Resolve the images first: a typo must not cost an appliance start-up.
         targets = pipeline.docker_targets(images) + pipeline.archive_targets(archives, stack)
-        settings = pipeline.Settings(
-            ip=ip or route_address(clair_url),
-            bind=bind,
-            port=port,
-            clair_timeout=clair_timeout,
-            threshold=threshold,
-            ignore_unfixed=ignore_unfixed,
-            whitelist=rules,
-        )
         names = [name for name, _ in targets]
-        paths: list[str | None] = (
-            list(report.report_paths(report_path, names)) if report_path else [None] * len(names)
-        )
-        with terminal.progress() as observer:
-            outcomes = pipeline.run(targets, clair_url, settings, paths, observer)
+        paths = report.report_paths(report_path, names) if report_path else [None] * len(names)
+        if all(isinstance(t, ScanError) for _, t in targets):
+            return _show(terminal, [pipeline.Outcome(n, error=t) for n, t in targets], output)  # type: ignore[arg-type]
+        progress = stack.enter_context(terminal.progress())
+        if clair is not None:
+            clair_url = normalize_url(clair)
+            settings = dataclasses.replace(settings, ip=settings.ip or route_address(clair_url))
+            if max_db_age is not None:
+                raise UsageError("--max-db-age needs the local appliance (it reads Clair's database)")
+        else:
+            running = stack.enter_context(
+                backend.appliance(image.connect(), backend_settings, progress, keep)
+            )
+            clair_url = running.clair_url
+            settings = dataclasses.replace(settings, ip=running.layer_ip, bind=running.layer_bind)
+            if max_db_age is not None:
+                _check_age(running.dsn, max_db_age, terminal)
+        outcomes = pipeline.run(targets, clair_url, settings, list(paths), progress)
     return _show(terminal, outcomes, output)
 
 
-def _show(terminal: Any, outcomes: list[pipeline.Outcome], output: OutputFormat) -> int:
+def _check_age(dsn: str, max_days: float, terminal: Any) -> None:
+    from . import backend
+
+    _, updated, problem = backend.database_facts(dsn)
+    if updated is None:
+        terminal.warn(f"the age of the vulnerability data is unknown ({problem or 'no updater/last record'})")
+        return
+    days = (datetime.now(timezone.utc) - updated).total_seconds() / 86400
+    if days > max_days:
+        raise BackendError(
+            f"the vulnerability data is {days:.1f} days old, more than --max-db-age {max_days:g}",
+            hint="pull a newer clair-db image",
+        )
+
+
+def _show(terminal: Any, outcomes: list[Any], output: OutputFormat) -> int:
+    from . import report
+
     code = OK
     documents: list[dict[str, Any]] = []
     for outcome in outcomes:
         if outcome.error is not None:
-            terminal.error(f"{outcome.name}: {outcome.error}")
+            terminal.error(f"{outcome.name}: {outcome.error}", outcome.error.detail)
             code = max(code, outcome.error.exit_code)
             documents.append({"image": outcome.name, "error": str(outcome.error)})
             continue
         result = outcome.result
-        assert result is not None
         for warning in result.warnings:
             terminal.warn(warning)
         if output is OutputFormat.table:
@@ -264,6 +373,114 @@ def _show(terminal: Any, outcomes: list[pipeline.Outcome], output: OutputFormat)
     if output is OutputFormat.json:
         terminal.out.print_json(json.dumps({"images": documents, "exit_code": code}))
     return code
+
+
+@app.command()
+def up(
+    db_image: DbImage = "arminc/clair-db:latest",
+    clair_image: ClairImage = "arminc/clair-local-scan:latest",
+    pull: PullOpt = Pull.missing,
+    network: NetworkOpt = None,
+    db_port: DbPort = None,
+    clair_port: ClairPort = None,
+    ready_timeout: ReadyTimeout = 180.0,
+    log_file: LogOpt = None,
+) -> None:
+    """Start the appliance and leave it running: later scans reuse it with no start-up cost."""
+
+    def work() -> int:
+        from . import backend, image
+        from .terminal import Terminal
+
+        terminal = Terminal()
+        settings = _backend_settings(db_image, clair_image, pull, network, db_port, clair_port, ready_timeout)
+        client = image.connect()
+        running = backend.find_warm(client, settings)
+        if running is not None:
+            terminal.info(f"the appliance is already running: Clair at {running.clair_url}")
+            return OK
+        with terminal.progress() as progress:
+            running = backend.start(client, settings, progress, warm=True)
+        terminal.info(f"appliance ready: Clair at {running.clair_url}; stop it with `clair-scan down`")
+        return OK
+
+    _guarded(work, log_file)
+
+
+@app.command()
+def down(log_file: LogOpt = None) -> None:
+    """Remove the appliance and anything a killed run left behind."""
+
+    def work() -> int:
+        from . import backend, image
+        from .terminal import Terminal
+
+        removed = backend.remove(image.connect())
+        Terminal().info(f"removed {removed} container(s) and network(s)" if removed else "nothing to remove")
+        return OK
+
+    _guarded(work, log_file)
+
+
+@app.command()
+def status(
+    max_db_age: Annotated[
+        float, typer.Option("--max-db-age", min=0, help="Warn when the vulnerability data is older (days).")
+    ] = 7.0,
+    fail: Annotated[
+        bool, typer.Option("--fail-on-old-db", help="Exit 3 when the data is older than --max-db-age.")
+    ] = False,
+    log_file: LogOpt = None,
+) -> None:
+    """Show the appliance's containers, whether Clair answers, and the vulnerability data's age."""
+
+    def work() -> int:
+        from . import backend, image
+        from .terminal import Terminal
+
+        terminal = Terminal()
+        state = backend.status(image.connect(), _backend_settings("", "", Pull.never, None, None, None, 1))
+        return terminal.status(state, max_db_age, fail)
+
+    _guarded(work, log_file)
+
+
+@bundle_app.command("save")
+def bundle_save(
+    path: Annotated[str, typer.Argument(metavar="FILE", help="Tarball to write.")],
+    db_image: DbImage = "arminc/clair-db:latest",
+    clair_image: ClairImage = "arminc/clair-local-scan:latest",
+    log_file: LogOpt = None,
+) -> None:
+    """Write both backend images into one tarball (pulling them if needed)."""
+
+    def work() -> int:
+        from . import backend, image
+        from .terminal import Terminal
+
+        backend.bundle_save(image.connect(), path, [db_image, clair_image])
+        Terminal().info(f"wrote {db_image} and {clair_image} to {path}")
+        return OK
+
+    _guarded(work, log_file)
+
+
+@bundle_app.command("load")
+def bundle_load(
+    path: Annotated[str, typer.Argument(metavar="FILE", help="Tarball written by `bundle save`.")],
+    log_file: LogOpt = None,
+) -> None:
+    """Load the backend images from a tarball on a host with no network."""
+
+    def work() -> int:
+        from . import backend, image
+        from .terminal import Terminal
+
+        tags = backend.bundle_load(image.connect(), path)
+        Terminal().info("loaded " + (", ".join(tags) if tags else "images without tags"))
+        return OK
+
+    _guarded(work, log_file)
 
 
 def main() -> None:

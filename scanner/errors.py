@@ -8,10 +8,12 @@ class ScanError(Exception):
 
     exit_code = 3
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.detail = detail
+        """Extra lines shown after the message, e.g. the last log lines of a failed container."""
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message

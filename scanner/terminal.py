@@ -6,10 +6,10 @@ Progress is animated only on a terminal; in CI logs and pipes it becomes plain l
 from __future__ import annotations
 
 import os
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 from rich.console import Console
@@ -65,8 +65,10 @@ class Terminal:
         self.quiet = quiet
         self.animated = self.err.is_terminal and not os.environ.get("CI")
 
-    def error(self, message: str) -> None:
+    def error(self, message: str, detail: str | None = None) -> None:
         self.err.print(Text(f"clair-scan: error: {message}", style="bold red" if self.animated else ""))
+        if detail:
+            self.err.print(Text(detail, style="dim" if self.animated else ""))
 
     def warn(self, message: str) -> None:
         self.err.print(Text(f"clair-scan: warning: {message}", style="yellow" if self.animated else ""))
@@ -135,6 +137,42 @@ class Terminal:
             Text(f"{result.image.name}: " + "; ".join(parts), style=style if self.animated else "")
         )
 
+    def status(self, state: Any, max_days: float, fail_on_old: bool) -> int:
+        """Print the appliance's state; the exit code says whether it is usable (and fresh)."""
+        if not state.containers:
+            self.info("no clair-scan containers; start the appliance with `clair-scan up`")
+            return 3
+        table = Table(title="clair-scan containers")
+        for column in ("Name", "Image", "State"):
+            table.add_column(column)
+        for name, image, condition in state.containers:
+            table.add_row(Text(name), Text(image), Text(condition))
+        self.out.print(table)
+        if state.clair_url is None or state.clair_problem:
+            self.error(f"Clair is not usable: {state.clair_problem or 'no warm appliance'}")
+            return 3
+        self.out.print(Text(f"Clair at {state.clair_url} answers"))
+        if state.db_problem:
+            self.warn(f"cannot read Clair's database: {state.db_problem}")
+            return 3
+        counts = Table(title="Vulnerability data")
+        counts.add_column("Namespace")
+        counts.add_column("Vulnerabilities", justify="right")
+        for namespace, count in state.vulnerabilities:
+            counts.add_row(Text(namespace), str(count))
+        self.out.print(counts)
+        if state.updated is None:
+            self.warn("the age of the vulnerability data is unknown (no updater/last record)")
+            return 3 if fail_on_old else 0
+        days = (datetime.now(timezone.utc) - state.updated).total_seconds() / 86400
+        self.out.print(
+            Text(f"Vulnerability data updated {state.updated:%Y-%m-%d %H:%M} UTC ({days:.1f} days ago)")
+        )
+        if days > max_days:
+            self.warn(f"the vulnerability data is {days:.1f} days old, more than {max_days:g} days")
+            return 3 if fail_on_old else 0
+        return 0
+
 
 class _Silent:
     def status(self, name: str, text: str) -> None:
@@ -147,7 +185,3 @@ class _Silent:
 def _shorten(text: str, width: int) -> str:
     text = " ".join(text.replace("/bin/sh -c #(nop) ", "").replace("/bin/sh -c ", "").split())
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()
