@@ -17,10 +17,11 @@ from .models import Finding, ImageResult, Severity
 
 SCHEMA_VERSION = "15.0.7"
 
-# As GitLab's Clair-based analyzer (klar) mapped them: GitLab has no Negligible or Defcon1.
+# As GitLab mapped Clair's severities (its container_scanning parser for clair-scanner reports;
+# klar documented the same five levels): GitLab has no Negligible or Defcon1.
 GITLAB_SEVERITY = {
     Severity.UNKNOWN: "Unknown",
-    Severity.NEGLIGIBLE: "Info",
+    Severity.NEGLIGIBLE: "Low",
     Severity.LOW: "Low",
     Severity.MEDIUM: "Medium",
     Severity.HIGH: "High",

@@ -26,7 +26,7 @@ PACKAGES = "postgresql,python3,python3-psycopg,python3-yaml"
 
 DB_DOCKERFILE = """\
 FROM {base}
-ENV PGDATA=/var/lib/postgresql/data PATH=/usr/lib/postgresql/15/bin:$PATH
+ENV PGDATA=/var/lib/postgresql/clair PATH=/usr/lib/postgresql/15/bin:$PATH
 COPY clairsim /opt/clairsim/clairsim
 COPY vulns.json /opt/vulns.json
 COPY db-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
@@ -67,7 +67,8 @@ COPY clairsim /opt/clairsim/clairsim
 COPY config.yaml /config/config.yaml
 WORKDIR /opt/clairsim
 EXPOSE 6060 6061
-CMD ["python3", "-m", "clairsim", "-config=/config/config.yaml"]
+ENTRYPOINT ["python3", "-m", "clairsim"]
+CMD ["-config=/config/config.yaml"]
 """
 
 # arminc/clair-local-scan's shipped config (see ../shared/CLAIR_V2_API.md, section 12).

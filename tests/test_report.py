@@ -49,7 +49,7 @@ def test_report_validates_and_maps_severities_like_gitlab_klar():
     severities = {v["identifiers"][0]["name"]: v["severity"] for v in data["vulnerabilities"]}
     assert severities == {
         "CVE-2019-1000": "Unknown",
-        "CVE-2019-1001": "Info",
+        "CVE-2019-1001": "Low",
         "CVE-2019-1002": "Low",
         "CVE-2019-1003": "Medium",
         "CVE-2019-1004": "High",
