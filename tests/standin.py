@@ -24,6 +24,7 @@ BASE = "clair-scan-test/bookworm:1"
 MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = "postgresql,python3,python3-psycopg,python3-yaml"
 
+DSN = "host=127.0.0.1 port=55432 user=postgres password=password dbname=postgres"
 DB_DOCKERFILE = """\
 FROM {base}
 ENV PGDATA=/var/lib/postgresql/clair PATH=/usr/lib/postgresql/15/bin:$PATH
@@ -38,7 +39,7 @@ RUN chmod 755 /usr/local/bin/docker-entrypoint.sh \\
  && echo "host all all 0.0.0.0/0 md5" >> "$PGDATA/pg_hba.conf" \\
  && runuser -u postgres -- pg_ctl -D "$PGDATA" -o "-c listen_addresses=127.0.0.1 -p 55432" -w start \\
  && cd /opt/clairsim \\
- && python3 -m clairsim.seed --dsn "host=127.0.0.1 port=55432 user=postgres password=password dbname=postgres" /opt/vulns.json \\
+ && python3 -m clairsim.seed --dsn "{dsn}" /opt/vulns.json \\
  && runuser -u postgres -- pg_ctl -D "$PGDATA" -m fast -w stop
 EXPOSE 5432
 ENTRYPOINT ["docker-entrypoint.sh"]
@@ -105,8 +106,15 @@ def base_image() -> str:
         return BASE
     with tempfile.TemporaryDirectory(prefix="standin-rootfs-") as work:
         rootfs = Path(work) / "rootfs"
-        _run("debootstrap", "--variant=minbase", f"--include={PACKAGES}", "bookworm", str(rootfs), MIRROR,
-             stdout=subprocess.DEVNULL)
+        _run(
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={PACKAGES}",
+            "bookworm",
+            str(rootfs),
+            MIRROR,
+            stdout=subprocess.DEVNULL,
+        )
         for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "var/cache/apt/archives"):
             shutil.rmtree(rootfs / junk, ignore_errors=True)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
@@ -149,7 +157,7 @@ def db_image() -> str:
     return _build(
         "clair-db",
         {
-            "Dockerfile": DB_DOCKERFILE.format(base=base),
+            "Dockerfile": DB_DOCKERFILE.format(base=base, dsn=DSN),
             "db-entrypoint.sh": DB_ENTRYPOINT,
             "vulns.json": (HERE / "data" / "vulns.json").read_text(),
             "clairsim": HERE / "clairsim",

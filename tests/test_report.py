@@ -65,7 +65,7 @@ def test_report_validates_and_maps_severities_like_gitlab_klar():
         "operating_system": "debian:10",
         "image": "registry.example.com/app:1.0",
     }
-    assert [c["vector"] for c in medium["cvss_vectors"]][0].startswith("CVSS:3.0/")
+    assert medium["cvss_vectors"][0]["vector"].startswith("CVSS:3.0/")
     assert medium["identifiers"][0]["type"] == "cve"
     unknown = next(v for v in data["vulnerabilities"] if v["severity"] == "Unknown")
     assert "links" not in unknown and "url" not in unknown["identifiers"][0]
@@ -96,7 +96,9 @@ def test_empty_report_is_valid(tmp_path):
 def test_unknown_os_still_validates():
     result = _result(_every_severity())
     analysis = Analysis(result.image, "", 0, result.findings, START, END)
-    bare = ImageResult(analysis, tuple(Finding(**{**f.__dict__, "namespace": ""}) for f in result.findings), Severity.UNKNOWN)
+    bare = ImageResult(
+        analysis, tuple(Finding(**{**f.__dict__, "namespace": ""}) for f in result.findings), Severity.UNKNOWN
+    )
     data = report.gitlab_report(bare)
     validate_gitlab_report(data)
     assert {v["location"]["operating_system"] for v in data["vulnerabilities"]} == {"unknown"}

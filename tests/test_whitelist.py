@@ -18,7 +18,9 @@ def _analysis(name: str, *findings: Finding) -> Analysis:
     return Analysis(image, "debian:10", 10, findings, NOW, NOW)
 
 
-def _finding(vuln: str, package: str = "openssl", severity: Severity = Severity.HIGH, fixed: str | None = "2") -> Finding:
+def _finding(
+    vuln: str, package: str = "openssl", severity: Severity = Severity.HIGH, fixed: str | None = "2"
+) -> Finding:
     return Finding(vuln, package, "1", fixed, severity, "debian:10")
 
 
