@@ -283,6 +283,7 @@ def stream_save(
             for member in _complete_members(tar):
                 matcher.add(member, tar)
         if not stop.is_set():
+            spool.drain()  # read the stream to its end so the engine sees a complete transfer
             matcher.finish()
     except ScanError as exc:
         error = exc

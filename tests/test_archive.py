@@ -1,0 +1,231 @@
+"""Finding layer tars in `docker save` output: streamed (published early) and from files."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagebuild import Filler, HistoryEntry, ImageSpec, Layer, debian_files, write_docker_save, write_images
+from scanner import archive
+from scanner.errors import DockerError, UsageError
+from scanner.models import Image
+from scanner.models import Layer as ImageLayer
+from scanner.models import chain_ids
+
+
+def _layers() -> list[Layer]:
+    base = debian_files(packages=[("openssl", "1.1.1d-0+deb10u1"), ("zlib1g", "1:1.2.11.dfsg-1")])
+    app = Layer(files={"app/bin": b"binary" * 1000})
+    big = Layer(files={"data/blob": Filler(3 << 20)})
+    return [base, app, big, app]  # the last one repeats: classic layout writes a symlink
+
+
+def _image(saved, name: str = "test:1") -> Image:
+    diff_ids = list(saved.diff_ids)
+    return Image(
+        name=name,
+        id=saved.image_id,
+        layers=tuple(ImageLayer(i, d, c) for i, (d, c) in enumerate(zip(diff_ids, chain_ids(diff_ids)))),
+    )
+
+
+def _sha(blob: archive.Blob) -> str:
+    with open(blob.path, "rb") as handle:
+        handle.seek(blob.offset)
+        return "sha256:" + hashlib.sha256(handle.read(blob.size)).hexdigest()
+
+
+def _chunks(path: Path, size: int, log: list[int]) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(size):
+            log.append(len(chunk))
+            yield chunk
+
+
+class _Recording(archive.LayerFiles):
+    """Records how many bytes of the stream had been read when each layer was published."""
+
+    def __init__(self, count: int, consumed: list[int]) -> None:
+        super().__init__(count)
+        self.consumed = consumed
+        self.published_at: dict[int, int] = {}
+
+    def put(self, index: int, blob: archive.Blob) -> None:
+        self.published_at[index] = sum(self.consumed)
+        super().put(index, blob)
+
+
+@pytest.mark.parametrize("layout", ["classic", "oci"])
+def test_stream_publishes_each_layer_before_the_stream_ends(tmp_path, layout):
+    import tarfile
+
+    tarball = tmp_path / "save.tar"
+    saved = write_docker_save(tarball, _layers(), layout=layout)
+    image = _image(saved)
+    consumed: list[int] = []
+    files = _Recording(len(image.layers), consumed)
+    chunk = 4096
+    archive.stream_save(
+        _chunks(tarball, chunk, consumed), image, str(tmp_path / "spool.tar"), files, threading.Event()
+    )
+    for layer in image.layers:
+        blob = files.wait(layer.index, 1)
+        assert _sha(blob) == layer.diff_id
+    # Docker writes manifest.json last: every layer was matched before it was even read, and a
+    # layer that could be placed at once was published right after its last byte.
+    with tarfile.open(tarball) as tar:
+        manifest = tar.getmember("manifest.json").offset
+    assert max(files.published_at.values()) <= manifest + chunk
+    base = files.wait(0, 1)
+    if layout == "oci" or files.published_at[0] < manifest:
+        assert files.published_at[0] <= base.offset + base.size + 512 + chunk
+    assert (tmp_path / "spool.tar").read_bytes() == tarball.read_bytes()
+
+
+def test_stream_with_gzipped_blobs_is_settled_by_the_manifest(tmp_path):
+    tarball = tmp_path / "save.tar"
+    saved = write_docker_save(tarball, _layers()[:3], layout="oci", gzip_layers=True)
+    image = _image(saved)
+    files = archive.LayerFiles(len(image.layers))
+    archive.stream_save(
+        _chunks(tarball, 1 << 20, []), image, str(tmp_path / "spool.tar"), files, threading.Event()
+    )
+    for layer, digest in zip(image.layers, saved.layer_digests):
+        blob = files.wait(layer.index, 1)
+        assert _sha(blob) == digest  # the gzipped blob itself is served; Clair decompresses it
+        with open(blob.path, "rb") as handle:
+            handle.seek(blob.offset)
+            assert handle.read(2) == b"\x1f\x8b"
+
+
+def test_stream_that_breaks_reports_a_docker_error(tmp_path):
+    tarball = tmp_path / "save.tar"
+    saved = write_docker_save(tarball, _layers(), layout="classic")
+    image = _image(saved)
+
+    def broken() -> Iterator[bytes]:
+        for i, chunk in enumerate(_chunks(tarball, 4096, [])):
+            if i == 10:
+                raise ConnectionResetError("engine went away")
+            yield chunk
+
+    truncated = tmp_path / "short.tar"
+    truncated.write_bytes(tarball.read_bytes()[:20_000])
+    for chunks, message in ((broken(), "engine went away"), (_chunks(truncated, 4096, []), "")):
+        files = archive.LayerFiles(len(image.layers))
+        archive.stream_save(chunks, image, str(tmp_path / "spool.tar"), files, threading.Event())
+        with pytest.raises(DockerError, match=message):
+            for layer in image.layers:
+                files.wait(layer.index, 1)
+
+
+def test_stream_stops_when_asked(tmp_path):
+    tarball = tmp_path / "save.tar"
+    saved = write_docker_save(tarball, _layers(), layout="classic")
+    image = _image(saved)
+    stop = threading.Event()
+    consumed: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for i, chunk in enumerate(_chunks(tarball, 4096, consumed)):
+            if i == 3:
+                stop.set()
+            yield chunk
+
+    files = archive.LayerFiles(len(image.layers))
+    archive.stream_save(chunks(), image, str(tmp_path / "spool.tar"), files, stop)
+    assert len(consumed) <= 5
+    with pytest.raises(DockerError):
+        files.wait(len(image.layers) - 1, 1)
+
+
+@pytest.mark.parametrize("gzip_layers", [False, True], ids=["tar", "gzip-layers"])
+@pytest.mark.parametrize("layout", ["classic", "oci"])
+def test_read_archive_finds_every_image_and_layer(tmp_path, layout, gzip_layers):
+    layers = _layers()
+    specs = [
+        ImageSpec(
+            layers,
+            ["registry.example.com:5000/team/app:1.0"],
+            history=[
+                "ADD rootfs /",
+                HistoryEntry("ENV A=1", True),
+                "COPY app /",
+                "COPY data /",
+                "COPY app /",
+            ],
+        ),
+        ImageSpec(layers[:2], ["other:2"]),
+    ]
+    saved = write_images(tmp_path / "two.tar", specs, layout=layout, gzip_layers=gzip_layers)
+    found = archive.read_archive(str(tmp_path / "two.tar"), str(tmp_path))
+    assert [f.image.name for f in found] == ["registry.example.com:5000/team/app:1.0", "other:2"]
+    for item, expected in zip(found, saved):
+        assert item.image.id == expected.image_id
+        assert [layer.diff_id for layer in item.image.layers] == list(expected.diff_ids)
+        assert [layer.chain_id for layer in item.image.layers] == chain_ids(list(expected.diff_ids))
+        for layer, digest in zip(item.image.layers, expected.layer_digests):
+            assert _sha(item.files.wait(layer.index, 1)) == digest
+    assert [layer.created_by for layer in found[0].image.layers] == [
+        "ADD rootfs /",
+        "COPY app /",
+        "COPY data /",
+        "COPY app /",
+    ]
+
+
+def test_read_gzipped_archive(tmp_path):
+    plain = tmp_path / "image.tar"
+    saved = write_docker_save(plain, _layers()[:2], repo_tags=["app:1"])
+    packed = tmp_path / "image.tar.gz"
+    with open(plain, "rb") as src, gzip.open(packed, "wb") as out:
+        shutil.copyfileobj(src, out)
+    work = tmp_path / "work"
+    work.mkdir()
+    (found,) = archive.read_archive(str(packed), str(work))
+    assert found.image.id == saved.image_id
+    assert _sha(found.files.wait(1, 1)) == saved.diff_ids[1]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"this is not a tarball at all" * 100, "not a readable docker save archive"),
+        (b"\x1f\x8b\x08\x00garbage", "not a readable docker save archive"),
+    ],
+)
+def test_corrupt_archives_are_usage_errors(tmp_path, content, message):
+    path = tmp_path / "bad.tar"
+    path.write_bytes(content)
+    with pytest.raises(UsageError, match=message):
+        archive.read_archive(str(path), str(tmp_path))
+
+
+def test_archive_without_manifest_or_missing_layer(tmp_path):
+    import tarfile
+
+    empty = tmp_path / "empty.tar"
+    with tarfile.open(empty, "w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        tar.addfile(info)
+    with pytest.raises(UsageError, match=r"neither manifest.json nor index.json"):
+        archive.read_archive(str(empty), str(tmp_path))
+
+    whole = tmp_path / "whole.tar"
+    write_docker_save(whole, _layers()[:2], layout="oci")
+    cut = tmp_path / "cut.tar"
+    with tarfile.open(whole) as src, tarfile.open(cut, "w") as out:
+        for member in src:
+            if member.name.startswith("blobs/") and member.size > 5000:
+                continue  # drop the layers
+            out.addfile(member, src.extractfile(member) if member.isfile() else None)
+    with pytest.raises(UsageError, match="missing"):
+        archive.read_archive(str(cut), str(tmp_path))
+    with pytest.raises(UsageError, match="archive not found"):
+        archive.read_archive(str(tmp_path / "nope.tar"), str(tmp_path))
