@@ -14,9 +14,8 @@ import pytest
 from imagebuild import Filler, HistoryEntry, ImageSpec, Layer, debian_files, write_docker_save, write_images
 from scanner import archive
 from scanner.errors import DockerError, UsageError
-from scanner.models import Image
+from scanner.models import Image, chain_ids
 from scanner.models import Layer as ImageLayer
-from scanner.models import chain_ids
 
 
 def _layers() -> list[Layer]:
@@ -117,7 +116,7 @@ def test_stream_that_breaks_reports_a_docker_error(tmp_path):
 
     truncated = tmp_path / "short.tar"
     truncated.write_bytes(tarball.read_bytes()[:20_000])
-    for chunks, message in ((broken(), "engine went away"), (_chunks(truncated, 4096, []), "")):
+    for chunks, message in ((broken(), "engine went away"), (_chunks(truncated, 4096, []), None)):
         files = archive.LayerFiles(len(image.layers))
         archive.stream_save(chunks, image, str(tmp_path / "spool.tar"), files, threading.Event())
         with pytest.raises(DockerError, match=message):
