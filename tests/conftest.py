@@ -13,7 +13,16 @@ import docker.errors
 import pytest
 from typer.testing import CliRunner
 
-from imagebuild import Layer, SavedImage, debian_files, docker_load, remove_images, write_docker_save
+from imagebuild import (
+    DebPackage,
+    Layer,
+    SavedImage,
+    debian_files,
+    docker_load,
+    dpkg_status,
+    remove_images,
+    write_docker_save,
+)
 from scanner.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,19 +80,38 @@ def load_image(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[C
 
 
 def debian_image_layers() -> list[Layer]:
-    """A Debian 10 base with packages our test data holds vulnerabilities for, and an app layer."""
-    base = debian_files(
-        version_id="10",
-        codename="buster",
-        packages=[
-            ("openssl", "1.1.1d-0+deb10u1"),
-            ("libssl1.1", "1.1.1d-0+deb10u1"),
-            ("zlib1g", "1:1.2.11.dfsg-1"),
-            ("bash", "5.0-4"),
-        ],
-    )
-    app = Layer(files={"srv/app/main.py": b"print('hello')\n"})
-    return [base, app]
+    """Debian 10 in three layers: a base, a layer installing libidn2, one installing gcc-8. Each
+    layer with packages carries the whole dpkg status, as apt leaves it."""
+    base_packages = [
+        DebPackage("openssl", "1.1.1d-0+deb10u1"),
+        DebPackage("libssl1.1", "1.1.1d-0+deb10u1", source="openssl"),
+        DebPackage("libc6", "2.28-10", source="glibc"),
+        DebPackage("bash", "5.0-4"),
+        DebPackage("e2fsprogs", "1.44.5-1+deb10u1"),
+        DebPackage("tar", "1.30+dfsg-6"),
+        DebPackage("zlib1g", "1:1.2.11.dfsg-1", source="zlib"),
+    ]
+    with_idn = [*base_packages, DebPackage("libidn2-0", "2.0.5-1", source="libidn2")]
+    with_gcc = [*with_idn, DebPackage("gcc-8", "8.3.0-6")]
+    return [
+        debian_files("10", "buster", base_packages),
+        Layer(files={"var/lib/dpkg/status": dpkg_status(with_idn), "usr/lib/libidn2.so.0": b"\x7fELF"}),
+        Layer(files={"var/lib/dpkg/status": dpkg_status(with_gcc), "usr/bin/gcc-8": b"\x7fELF"}),
+    ]
+
+
+# What Clair holds for debian_image_layers() given tests/data/vulns.json, worked out by hand:
+# (vulnerability, package, installed, fixed, severity, index of the layer that added the package)
+DEBIAN_EXPECTED = {
+    ("CVE-2019-1543", "openssl", "1.1.1d-0+deb10u1", "1.1.1d-0+deb10u2", "High", 0),
+    ("DSA-4539-1", "glibc", "2.28-10", "2.28-10+deb10u1", "Defcon1", 0),
+    ("CVE-2019-18276", "bash", "5.0-4", None, "Negligible", 0),
+    ("CVE-2019-5094", "e2fsprogs", "1.44.5-1+deb10u1", "1.44.5-1+deb10u2", "Medium", 0),
+    ("CVE-2019-5188", "e2fsprogs", "1.44.5-1+deb10u1", "1.44.5-1+deb10u3", "Medium", 0),
+    ("CVE-2019-18224", "libidn2", "2.0.5-1", "2.0.5-1+deb10u1", "Critical", 1),
+    ("CVE-2018-12886", "gcc-8", "8.3.0-6", None, "Unknown", 2),
+}
+DEBIAN_HISTORY = ["ADD rootfs.tar /", "RUN apt-get install -y libidn2-0", "RUN apt-get install -y gcc-8"]
 
 
 @dataclass
@@ -119,3 +147,17 @@ def run_process(
         timeout=timeout,
     )
     return Run(done.returncode, done.stdout, done.stderr)
+
+
+DATA = Path(__file__).resolve().parent / "data" / "vulns.json"
+
+
+@pytest.fixture
+def clair() -> Iterator[object]:
+    """A Clair v2.1.8 simulator on 127.0.0.1 with our test vulnerability data, fresh per test."""
+    import clairsim
+
+    sim = clairsim.ClairSimulator(clairsim.MemoryStore.from_json(str(DATA)), log_stream=None)
+    sim.start()
+    yield sim
+    sim.stop()

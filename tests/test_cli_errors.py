@@ -75,7 +75,9 @@ def test_corrupt_and_missing_archives(run, tmp_path, clean_tmp):
     result = run(["scan", "--archive", str(corrupt), "--clair", "http://127.0.0.1:1"], cwd=tmp_path)
     assert result.code == 2
     _one_error_line(result.stderr, "not a readable docker save archive")
-    missing = run(["scan", "--archive", str(tmp_path / "nope.tar"), "--clair", "http://127.0.0.1:1"], cwd=tmp_path)
+    missing = run(
+        ["scan", "--archive", str(tmp_path / "nope.tar"), "--clair", "http://127.0.0.1:1"], cwd=tmp_path
+    )
     assert missing.code == 2
     _one_error_line(missing.stderr, "archive not found")
     assert list(clean_tmp.iterdir()) == []
@@ -105,7 +107,8 @@ def test_clair_down(run, tmp_path, load_image, clean_tmp):
 
 @pytest.mark.docker
 def test_docker_down(tmp_path):
-    result = run_process(["scan", "x", "--clair", "http://127.0.0.1:1"], env={"DOCKER_HOST": "tcp://127.0.0.1:1"},
-                         cwd=tmp_path)
+    result = run_process(
+        ["scan", "x", "--clair", "http://127.0.0.1:1"], env={"DOCKER_HOST": "tcp://127.0.0.1:1"}, cwd=tmp_path
+    )
     assert result.code == 3
     _one_error_line(result.stderr, "cannot reach the Docker engine at tcp://127.0.0.1:1")
