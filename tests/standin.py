@@ -34,7 +34,8 @@ COPY db-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 RUN chmod 755 /usr/local/bin/docker-entrypoint.sh \\
  && mkdir -p "$PGDATA" && chown postgres:postgres "$PGDATA" \\
  && echo password > /tmp/pw \\
- && runuser -u postgres -- initdb -D "$PGDATA" -U postgres --pwfile=/tmp/pw --auth=md5 --encoding=UTF8 --locale=C.UTF-8 >/dev/null \\
+ && runuser -u postgres -- initdb -D "$PGDATA" -U postgres --pwfile=/tmp/pw --auth=md5 \\
+      --encoding=UTF8 --locale=C.UTF-8 >/dev/null \\
  && rm /tmp/pw \\
  && echo "host all all 0.0.0.0/0 md5" >> "$PGDATA/pg_hba.conf" \\
  && runuser -u postgres -- pg_ctl -D "$PGDATA" -o "-c listen_addresses=127.0.0.1 -p 55432" -w start \\

@@ -3,6 +3,7 @@ PostgreSQL with Clair's schema and data; the Clair simulator), host networking, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -236,7 +237,5 @@ def test_bundle_save_and_load(images, clean_engine, tmp_path):
         assert missing.code == 2 and "bundle not found" in missing.stderr
     finally:
         for new in tags:
-            try:
+            with contextlib.suppress(docker.errors.ImageNotFound):
                 clean_engine.images.remove(new)
-            except docker.errors.ImageNotFound:
-                pass
