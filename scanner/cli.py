@@ -257,9 +257,11 @@ def scan(
     from . import pipeline
 
     level = _severity(threshold)
-    backend_settings = _backend_settings(
-        db_image, clair_image, pull, network, db_port, clair_port, ready_timeout, ip, bind
-    )
+
+    def backend_settings() -> Any:
+        return _backend_settings(
+            db_image, clair_image, pull, network, db_port, clair_port, ready_timeout, ip, bind
+        )
 
     def work() -> int:
         from . import whitelist
@@ -295,17 +297,18 @@ def _scan(
     archives: list[str],
     clair: str | None,
     settings: Any,
-    backend_settings: Any,
+    backend_settings: Callable[[], Any],
     report_path: str | None,
     output: OutputFormat,
     keep: bool,
     max_db_age: float | None,
 ) -> int:
+    # Imports stay inside the commands: a rescan of an image Clair already holds should cost
+    # little more than the interpreter's start, so nothing is loaded that the run does not use.
     import dataclasses
 
-    from . import backend, image, pipeline, report
+    from . import image, pipeline, report
     from .clair import normalize_url
-    from .layerserver import route_address
     from .terminal import Terminal
 
     terminal = Terminal(quiet=output is OutputFormat.json)
@@ -318,13 +321,17 @@ def _scan(
             return _show(terminal, [pipeline.Outcome(n, error=t) for n, t in targets], output)  # type: ignore[arg-type]
         progress = stack.enter_context(terminal.progress())
         if clair is not None:
+            from .layerserver import route_address
+
             clair_url = normalize_url(clair)
             settings = dataclasses.replace(settings, ip=settings.ip or route_address(clair_url))
             if max_db_age is not None:
                 raise UsageError("--max-db-age needs the local appliance (it reads Clair's database)")
         else:
+            from . import backend
+
             running = stack.enter_context(
-                backend.appliance(image.connect(), backend_settings, progress, keep)
+                backend.appliance(image.connect(), backend_settings(), progress, keep)
             )
             clair_url = running.clair_url
             settings = dataclasses.replace(settings, ip=running.layer_ip, bind=running.layer_bind)

@@ -6,15 +6,17 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
 import requests
 
-from .archive import CHUNK, LayerFiles, stream_save
 from .errors import DockerError, UsageError
 from .models import Image, Layer, chain_ids
+
+if TYPE_CHECKING:
+    from .archive import LayerFiles
 
 
 def connect() -> Any:
@@ -77,6 +79,8 @@ def created_by_from_history(history: list[dict[str, Any]], count: int) -> list[s
 def exported(client: Any, image: Image, workdir: str) -> Iterator[LayerFiles]:
     """Stream `docker save` of the image into a spool file in `workdir`, in the background. The
     yielded LayerFiles hands out each layer as soon as its bytes are on disk."""
+    from .archive import CHUNK, LayerFiles, stream_save
+
     files = LayerFiles(len(image.layers))
     stop = threading.Event()
     spool = os.path.join(workdir, image.id.replace(":", "-") + ".tar")

@@ -9,13 +9,16 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from . import archive, findings, image, report, whitelist
+from . import findings, image, report, whitelist
 from .clair import ClairClient, Deadline
 from .errors import ClairError, ScanError
-from .layerserver import LayerServer
 from .models import Analysis, Image, ImageResult, Severity
+
+if TYPE_CHECKING:
+    from . import archive
+    from .layerserver import LayerServer
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ class _Resources:
 
     def server(self) -> LayerServer:
         if self._server is None:
+            from .layerserver import LayerServer
+
             s = self._settings
             self._server = self._stack.enter_context(LayerServer(s.ip, s.bind, s.port))
         return self._server
@@ -196,6 +201,10 @@ def _ready(files: archive.LayerFiles) -> Iterator[archive.LayerFiles]:
 
 def archive_targets(paths: list[str], stack: ExitStack) -> list[Pending]:
     """Every image in each `docker save` archive; no Docker engine involved."""
+    if not paths:
+        return []
+    from . import archive
+
     targets: list[Pending] = []
     for path in paths:
         workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="clair-scan-"))

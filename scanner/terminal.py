@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -42,7 +41,7 @@ class _PlainProgress:
 
 
 class _RichProgress:
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Any) -> None:
         self._progress = progress
         self._tasks: dict[str, Any] = {}
 
@@ -83,6 +82,8 @@ class Terminal:
         elif not self.animated:
             yield _PlainProgress(self.err)
         else:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
             columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
             with Progress(*columns, console=self.err, transient=True) as progress:
                 yield _RichProgress(progress)
