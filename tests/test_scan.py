@@ -402,3 +402,17 @@ def test_full_disk_during_export(clair, load_image, tmp_path, tiny_fs):
     assert "Traceback" not in result.stderr
     assert list(Path(tiny_fs).iterdir()) == []
     assert not (tmp_path / REPORT).exists()
+
+
+def test_debug_log_records_the_run_without_secrets(clair, load_image, tmp_path):
+    image = load_image(debian_image_layers())
+    log = tmp_path / "scan.log"
+    url = clair.url.replace("http://", "http://scanner:t0ps3cret@")
+    result = run_process(
+        ["scan", image.tag, "--clair", url, "--ip", "127.0.0.1", "--log", str(log)], cwd=tmp_path
+    )
+    assert result.code == 1, result.stderr
+    text = log.read_text()
+    assert "submitting layer 1" in text and "layer server listening on 127.0.0.1" in text
+    assert "t0ps3cret" not in text and "t0ps3cret" not in result.stderr + result.stdout
+    assert "t0ps3cret" not in (tmp_path / REPORT).read_text()

@@ -1,0 +1,45 @@
+"""Backend decisions that need no containers: where published ports and our layer server are
+reached under docker-in-docker and locally."""
+
+from __future__ import annotations
+
+import pytest
+
+from scanner import backend
+
+
+def test_service_host_follows_docker_host(monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert backend.service_host() == "127.0.0.1"
+    monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
+    assert backend.service_host() == "127.0.0.1"
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")
+    assert backend.service_host() == "127.0.0.1"
+    monkeypatch.setenv("DOCKER_HOST", "tcp://docker:2376")
+    assert backend.service_host() == "docker"
+
+
+def test_layer_address_under_docker_in_docker_routes_to_the_daemon(monkeypatch):
+    # The job's address that routes to the daemon; here the daemon is on loopback.
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")
+    settings = backend.Settings()
+    assert backend._layer_address(settings, "host", client=None) == ("127.0.0.1", "127.0.0.1")
+
+
+def test_layer_address_overrides(monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert backend._layer_address(backend.Settings(ip="127.0.0.5"), "bridge", None) == (
+        "127.0.0.5",
+        "127.0.0.5",
+    )
+    both = backend.Settings(ip="127.0.0.5", bind="127.0.0.1")
+    assert backend._layer_address(both, "bridge", None) == ("127.0.0.5", "127.0.0.1")
+    assert backend._layer_address(backend.Settings(), "host", None) == ("127.0.0.1", "127.0.0.1")
+
+
+def test_unknown_network_is_a_usage_error():
+    from scanner.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown --network"):
+        backend.choose_network(None, "overlay")
+    assert backend.choose_network(None, "host") == "host"
