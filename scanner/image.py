@@ -14,6 +14,7 @@ import requests
 
 from .errors import DockerError, UsageError
 from .models import Image, Layer, chain_ids
+from .threads import start_daemon
 
 if TYPE_CHECKING:
     from .archive import LayerFiles
@@ -93,8 +94,7 @@ def exported(client: Any, image: Image, workdir: str) -> Iterator[LayerFiles]:
             return
         stream_save(chunks, image, spool, files, stop)
 
-    thread = threading.Thread(target=run, name="docker-save", daemon=True)
-    thread.start()
+    thread = start_daemon(run, "docker-save")
     try:
         yield files
     finally:

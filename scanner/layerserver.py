@@ -17,12 +17,15 @@ from types import TracebackType
 
 from .archive import Blob
 from .errors import UsageError
+from .threads import start_daemon
 
 log = logging.getLogger(__name__)
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # A download in progress must not hold up the end of the scan (Ctrl-C, Clair gone).
+    block_on_close = False
     layers: dict[str, Blob]
     token: str
 
@@ -96,10 +99,7 @@ class LayerServer:
         server.token = secrets.token_urlsafe(18)
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="layer-server", daemon=True
-        )
-        self._thread.start()
+        self._thread = start_daemon(server.serve_forever, "layer-server", poll_interval=0.1)
         log.debug("layer server listening on %s:%d", self.bind, self.port)
         return self
 

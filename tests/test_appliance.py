@@ -47,17 +47,6 @@ def clean_engine(docker_client):
     assert left == [], f"left behind: {left}"
 
 
-@pytest.fixture
-def private_tmp(tmp_path, monkeypatch) -> Path:
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    return tmp
-
-
 def _backend(images: dict[str, str], *extra: str) -> list[str]:
     return [
         "--network",

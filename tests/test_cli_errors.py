@@ -27,18 +27,6 @@ def _one_error_line(stderr: str, *needles: str) -> None:
     assert "Traceback" not in stderr
 
 
-@pytest.fixture
-def clean_tmp(tmp_path, monkeypatch):
-    """TMPDIR of its own, to prove nothing is left in it."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    return tmp
-
-
 @pytest.mark.parametrize("run", RUNNERS)
 def test_nothing_to_scan(run, tmp_path):
     result = run(["scan", "--clair", "http://127.0.0.1:1"], cwd=tmp_path)
@@ -69,7 +57,7 @@ def test_malformed_whitelist(run, tmp_path):
 
 
 @pytest.mark.parametrize("run", RUNNERS)
-def test_corrupt_and_missing_archives(run, tmp_path, clean_tmp):
+def test_corrupt_and_missing_archives(run, tmp_path, private_tmp):
     corrupt = tmp_path / "corrupt.tar"
     corrupt.write_bytes(b"\x00garbage" * 1000)
     result = run(["scan", "--archive", str(corrupt), "--clair", "http://127.0.0.1:1"], cwd=tmp_path)
@@ -80,7 +68,7 @@ def test_corrupt_and_missing_archives(run, tmp_path, clean_tmp):
     )
     assert missing.code == 2
     _one_error_line(missing.stderr, "archive not found")
-    assert list(clean_tmp.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []
     assert not (tmp_path / "gl-container-scanning-report.json").exists()
 
 
@@ -94,7 +82,7 @@ def test_unknown_image(run, tmp_path, docker_client):
 
 @pytest.mark.docker
 @pytest.mark.parametrize("run", RUNNERS)
-def test_clair_down(run, tmp_path, load_image, clean_tmp):
+def test_clair_down(run, tmp_path, load_image, private_tmp):
     image = load_image(debian_image_layers())
     url = f"http://user:s3cret@127.0.0.1:{_dead_port()}"
     result = run(["scan", image.tag, "--clair", url, "--clair-timeout", "5"], cwd=tmp_path)
@@ -102,7 +90,7 @@ def test_clair_down(run, tmp_path, load_image, clean_tmp):
     _one_error_line(result.stderr, "cannot connect to Clair", image.tag)
     assert "s3cret" not in result.stderr and "***@127.0.0.1" in result.stderr
     assert not (tmp_path / "gl-container-scanning-report.json").exists()
-    assert list(clean_tmp.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []
 
 
 @pytest.mark.docker

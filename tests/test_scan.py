@@ -368,14 +368,8 @@ def test_ctrl_c_mid_scan_leaves_nothing(clair, load_image, tmp_path):
     assert not _listening(layer_port)
 
 
-def test_ctrl_c_in_process_exits_130(clair, load_image, tmp_path, monkeypatch):
+def test_ctrl_c_in_process_exits_130(clair, load_image, tmp_path, private_tmp):
     image = load_image(debian_image_layers())
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", None)
     clair.hang(method="POST", path="/v1/layers")
 
     def interrupt() -> None:
@@ -388,7 +382,7 @@ def test_ctrl_c_in_process_exits_130(clair, load_image, tmp_path, monkeypatch):
     result = run_cli(_scan_args(clair, image.tag), cwd=tmp_path)
     assert result.code == 130
     assert "interrupted" in result.stderr
-    assert list(tmp.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []
     assert not (tmp_path / REPORT).exists()
 
 
