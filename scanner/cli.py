@@ -7,7 +7,6 @@ must never read as "vulnerabilities found"); 130 interrupted.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -378,7 +377,7 @@ def _show(terminal: Any, outcomes: list[Any], output: OutputFormat) -> int:
         if result.unapproved:
             code = max(code, FOUND)
     if output is OutputFormat.json:
-        terminal.out.print_json(json.dumps({"images": documents, "exit_code": code}))
+        terminal.json({"images": documents, "exit_code": code})
     return code
 
 

@@ -33,6 +33,9 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "clair-scan"
+    # Headers and body go out in separate writes; with Nagle on, the body would wait for
+    # Clair's delayed ACK.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         self._serve(body=True)
@@ -99,7 +102,7 @@ class LayerServer:
         server.token = secrets.token_urlsafe(18)
         self.port = server.server_address[1]
         self._server = server
-        self._thread = start_daemon(server.serve_forever, "layer-server", poll_interval=0.1)
+        self._thread = start_daemon(server.serve_forever, "layer-server", poll_interval=0.02)
         log.debug("layer server listening on %s:%d", self.bind, self.port)
         return self
 

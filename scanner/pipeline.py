@@ -117,11 +117,12 @@ def analyze(
     sent = 0
     if top is None:
         # 2. Export the image once and send Clair only the layers it lacks, parents first, each
-        #    as soon as the export has written it.
-        first = _first_missing(clair, img, deadline)
-        total = len(img.layers) - first
-        observer.status(img.name, f"exporting and indexing {total} of {len(img.layers)} layers")
+        #    as soon as the export has written it. The export starts first: the engine takes a
+        #    while before it sends anything, and asking Clair what it holds fits in that time.
         with target.layer_files(resources.workdir()) as files:
+            first = _first_missing(clair, img, deadline)
+            total = len(img.layers) - first
+            observer.status(img.name, f"exporting and indexing {total} of {len(img.layers)} layers")
             for layer in img.layers[first:]:
                 blob = files.wait(layer.index, deadline.remaining())
                 url = resources.server().publish(layer.chain_id, blob)

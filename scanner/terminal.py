@@ -1,20 +1,20 @@
 """What a person sees: progress and summaries on stderr, the findings table on stdout.
 
-Progress is animated only on a terminal; in CI logs and pipes it becomes plain lines.
+Progress is animated only on a terminal; in CI logs and pipes it becomes plain lines. rich is
+loaded only for what needs it (a table, colour, animation), which keeps a quick rescan quick.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from .models import ImageResult, Severity
 
@@ -30,14 +30,16 @@ _STYLE = {
 
 
 class _PlainProgress:
-    def __init__(self, console: Console) -> None:
-        self._console = console
-
     def status(self, name: str, text: str) -> None:
-        self._console.print(Text(f"{name}: {text}"))
+        _write(sys.stderr, f"{name}: {text}")
 
     def layers(self, name: str, sent: int, total: int) -> None:
-        self._console.print(Text(f"{name}: layer {sent}/{total} indexed"))
+        _write(sys.stderr, f"{name}: layer {sent}/{total} indexed")
+
+
+def _write(stream: Any, line: str) -> None:
+    stream.write(line + "\n")
+    stream.flush()
 
 
 class _RichProgress:
@@ -59,28 +61,50 @@ class _RichProgress:
 
 class Terminal:
     def __init__(self, quiet: bool = False) -> None:
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.quiet = quiet
-        self.animated = self.err.is_terminal and not os.environ.get("CI")
+        self.animated = sys.stderr.isatty() and not os.environ.get("CI")
+
+    @cached_property
+    def out(self) -> Any:
+        from rich.console import Console
+
+        return Console(highlight=False, soft_wrap=True)
+
+    @cached_property
+    def err(self) -> Any:
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def _line(self, text: str, style: str = "") -> None:
+        """A line on stderr; markup is never interpreted, since image names may hold brackets."""
+        if self.animated:
+            from rich.text import Text
+
+            self.err.print(Text(text, style=style))
+        else:
+            _write(sys.stderr, text)
 
     def error(self, message: str, detail: str | None = None) -> None:
-        self.err.print(Text(f"clair-scan: error: {message}", style="bold red" if self.animated else ""))
+        self._line(f"clair-scan: error: {message}", "bold red")
         if detail:
-            self.err.print(Text(detail, style="dim" if self.animated else ""))
+            self._line(detail, "dim")
 
     def warn(self, message: str) -> None:
-        self.err.print(Text(f"clair-scan: warning: {message}", style="yellow" if self.animated else ""))
+        self._line(f"clair-scan: warning: {message}", "yellow")
 
     def info(self, message: str) -> None:
-        self.err.print(Text(message))
+        self._line(message)
+
+    def json(self, document: Any) -> None:
+        _write(sys.stdout, json.dumps(document, indent=2))
 
     @contextmanager
     def progress(self) -> Iterator[Any]:
         if self.quiet:
             yield _Silent()
         elif not self.animated:
-            yield _PlainProgress(self.err)
+            yield _PlainProgress()
         else:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
@@ -92,6 +116,9 @@ class Terminal:
         shown = result.unapproved
         if not shown:
             return
+        from rich.table import Table
+        from rich.text import Text
+
         table = Table(title=Text(f"{result.image.name} ({result.analysis.namespace or 'unknown OS'})"))
         for column in ("Severity", "Vulnerability", "Package", "Installed", "Fixed in", "Layer"):
             table.add_column(column, overflow="fold")
@@ -133,13 +160,13 @@ class Terminal:
         parts.append(f"{analysis.layers_sent} of {len(result.image.layers)} layers sent to Clair")
         if report:
             parts.append(f"report {report}")
-        style = "bold red" if unapproved else "green"
-        self.err.print(
-            Text(f"{result.image.name}: " + "; ".join(parts), style=style if self.animated else "")
-        )
+        self._line(f"{result.image.name}: " + "; ".join(parts), "bold red" if unapproved else "green")
 
     def status(self, state: Any, max_days: float, fail_on_old: bool) -> int:
         """Print the appliance's state; the exit code says whether it is usable (and fresh)."""
+        from rich.table import Table
+        from rich.text import Text
+
         if not state.containers:
             self.info("no clair-scan containers; start the appliance with `clair-scan up`")
             return 3

@@ -122,11 +122,17 @@ def _saves(docker_client, since: float) -> list[dict]:
 
 def test_rescan_reads_findings_without_export_or_upload(clair, load_image, tmp_path, docker_client):
     image = load_image(debian_image_layers())
+    started = time.time() - 0.1
     first = run_cli(_scan_args(clair, image.tag, "--format", "json"), cwd=tmp_path)
     assert first.code == 1
     assert json.loads(first.stdout)["images"][0]["layers_sent"] == 3
+    # The engine reports a save when its export ends, which can be after the scan is done.
+    deadline = time.monotonic() + 10
+    while not _saves(docker_client, started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(_saves(docker_client, started)) == 1
     clair.clear_records()
-    before = time.time() - 0.1
+    before = time.time()
     again = run_cli(_scan_args(clair, image.tag, "--format", "json"), cwd=tmp_path)
     assert again.code == 1
     assert json.loads(again.stdout)["images"][0]["layers_sent"] == 0

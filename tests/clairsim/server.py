@@ -112,6 +112,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Go's net/http sets TCP_NODELAY on every connection; without it each answer sent in two
+    # writes waits for the client's delayed ACK (about 40 ms).
+    disable_nagle_algorithm = True
     server: _Server
 
     def __getattr__(self, name: str) -> Any:
