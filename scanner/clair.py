@@ -80,7 +80,15 @@ class ClairClient:
 
     def submit(self, name: str, path: str, parent: str, deadline: Deadline) -> None:
         body = {"Layer": {"Name": name, "Path": path, "ParentName": parent, "Format": "Docker"}}
-        self._call("POST", "/v1/layers", deadline, ok=(201,), json=body)
+        try:
+            self._call("POST", "/v1/layers", deadline, ok=(201,), json=body)
+        except ClairError as exc:
+            if "could not find layer" not in exc.message:
+                raise
+            where = urlsplit(path).netloc
+            raise ClairError(
+                exc.message, hint=f"Clair could not download from {where}; pass an --ip that Clair can reach"
+            ) from None
 
     def namespaces(self, deadline: Deadline) -> list[str]:
         response = self._call("GET", "/v1/namespaces", deadline, ok=(200,))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -101,3 +102,6 @@ def exported(client: Any, image: Image, workdir: str) -> Iterator[LayerFiles]:
         stop.set()
         # The thread notices `stop` at its next chunk; a stalled engine must not hold up cleanup.
         thread.join(timeout=1.0)
+        # Scanning several images, each spool goes as soon as its image is done.
+        with contextlib.suppress(OSError):
+            os.unlink(spool)

@@ -114,6 +114,10 @@ class LayerServer:
             self._server.server_close()
             self._server = None
 
+    def withdraw(self, name: str) -> None:
+        if self._server is not None:
+            self._server.layers.pop(name, None)
+
     def publish(self, name: str, blob: Blob) -> str:
         """Make `blob` downloadable and return the URL Clair should fetch it from."""
         assert self._server is not None, "publish() on a server that is not running"

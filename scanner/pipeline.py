@@ -47,6 +47,10 @@ class Target:
     layer_files: Callable[[str], AbstractContextManager[archive.LayerFiles]]
 
 
+Pending = tuple[str, "Target | ScanError"]
+"""An image's name and its target, or the error that kept it from being one."""
+
+
 @dataclass(frozen=True)
 class Settings:
     ip: str
@@ -125,10 +129,15 @@ def analyze(
             observer.status(img.name, f"exporting and indexing {total} of {len(img.layers)} layers")
             for layer in img.layers[first:]:
                 blob = files.wait(layer.index, deadline.remaining())
-                url = resources.server().publish(layer.chain_id, blob)
+                server = resources.server()
+                url = server.publish(layer.chain_id, blob)
                 parent = img.layers[layer.index - 1].chain_id if layer.index else ""
                 log.debug("submitting layer %d (%s, %d bytes)", layer.index + 1, layer.chain_id, blob.size)
-                clair.submit(layer.chain_id, url, parent, deadline)
+                try:
+                    clair.submit(layer.chain_id, url, parent, deadline)
+                finally:
+                    # Clair has its copy (or gave up): the spool may go once this image is done.
+                    server.withdraw(layer.chain_id)
                 sent += 1
                 observer.layers(img.name, sent, total)
         observer.status(img.name, "reading findings")
@@ -137,9 +146,6 @@ def analyze(
             raise ClairError(f"Clair does not know {img.name}'s top layer right after indexing it")
     namespace, packages, found = findings.from_clair(top, img)
     return Analysis(img, namespace, packages, found, started, _now(), sent)
-
-
-Pending = tuple[str, "Target | ScanError"]
 
 
 def run(

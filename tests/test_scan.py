@@ -318,6 +318,7 @@ def test_wrong_ip_gives_clairs_could_not_find_layer(clair, load_image, tmp_path)
     )
     assert result.code == 3
     assert "could not find layer" in result.stderr
+    assert "pass an --ip that Clair can reach" in result.stderr
 
 
 @pytest.mark.parametrize("run", RUNNERS)
