@@ -85,10 +85,13 @@ def test_unknown_image(run, tmp_path, docker_client):
 def test_clair_down(run, tmp_path, load_image, private_tmp):
     image = load_image(debian_image_layers())
     url = f"http://user:s3cret@127.0.0.1:{_dead_port()}"
-    result = run(["scan", image.tag, "--clair", url, "--clair-timeout", "5"], cwd=tmp_path)
+    log = tmp_path / "debug.log"
+    result = run(["scan", image.tag, "--clair", url, "--clair-timeout", "5", "--log", str(log)], cwd=tmp_path)
     assert result.code == 3
     _one_error_line(result.stderr, "cannot connect to Clair", image.tag)
     assert "s3cret" not in result.stderr and "***@127.0.0.1" in result.stderr
+    assert "cannot connect to Clair" in log.read_text() and "s3cret" not in log.read_text()
+    log.unlink()
     assert not (tmp_path / "gl-container-scanning-report.json").exists()
     assert list(private_tmp.iterdir()) == []
 

@@ -417,3 +417,11 @@ def test_debug_log_records_the_run_without_secrets(clair, load_image, tmp_path):
     assert "submitting layer 1" in text and "layer server listening on 127.0.0.1" in text
     assert "t0ps3cret" not in text and "t0ps3cret" not in result.stderr + result.stdout
     assert "t0ps3cret" not in (tmp_path / REPORT).read_text()
+
+
+def test_clair_addr_without_scheme_from_the_environment(clair, load_image, tmp_path):
+    image = load_image(debian_image_layers())
+    address = clair.url.removeprefix("http://")
+    result = run_process(["scan", image.tag, "--ip", "127.0.0.1"], env={"CLAIR_ADDR": address}, cwd=tmp_path)
+    assert result.code == 1, result.stderr
+    assert len(_posts(clair)) == 3
