@@ -33,20 +33,16 @@ import contextlib
 import json
 import os
 import platform
-import posixpath
 import shlex
 import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +66,8 @@ from imagebuild import (  # noqa: E402
     write_images,
     write_layer,
 )
+from scanner.archive import Blob, read_archive  # noqa: E402
+from scanner.layerserver import LayerServer  # noqa: E402
 from scanner.models import chain_ids  # noqa: E402
 
 MB = 1_000_000  # sizes and RSS are reported in MB of 10^6 bytes, as the targets are stated
@@ -270,53 +268,6 @@ def _simulator_port(process: subprocess.Popen[bytes], log_path: Path) -> int:
 # The floor: docker save, then Clair indexing the saved layers
 
 
-@dataclass(frozen=True)
-class Blob:
-    """A layer tar inside a saved image file."""
-
-    path: Path
-    offset: int
-    size: int
-
-
-class _BlobServer(ThreadingHTTPServer):
-    daemon_threads = True
-    blobs: dict[str, Blob]
-
-
-class _BlobHandler(BaseHTTPRequestHandler):
-    server: _BlobServer
-
-    def do_GET(self) -> None:
-        blob = self.server.blobs.get(self.path.lstrip("/"))
-        if blob is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-tar")
-        self.send_header("Content-Length", str(blob.size))
-        self.end_headers()
-        with open(blob.path, "rb") as handle:
-            # sendfile(2) straight from the page cache: the cheapest way to hand Clair the bytes.
-            self.connection.sendfile(handle, blob.offset, blob.size)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def blob_server(ip: str) -> Iterator[_BlobServer]:
-    server = _BlobServer((ip, 0), _BlobHandler)
-    server.blobs = {}
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def docker_save(client: Any, image_id: str, path: Path) -> float:
     """Seconds to stream the engine's `docker save` of the image into `path`."""
     started = time.perf_counter()
@@ -327,38 +278,27 @@ def docker_save(client: Any, image_id: str, path: Path) -> float:
 
 
 def saved_layers(path: Path) -> list[Blob]:
-    """Where each layer tar lies in a saved image, lowest first, from its manifest.json. Docker
-    writes a repeated layer as a relative symlink to its first copy: follow those."""
-    with tarfile.open(path, "r:") as tar:
-        members = {posixpath.normpath(m.name): m for m in tar}
-        handle = tar.extractfile(members["manifest.json"])
-        assert handle is not None
-        manifest = json.loads(handle.read())
-    blobs = []
-    for name in manifest[0]["Layers"]:
-        member = members[posixpath.normpath(name)]
-        while member.issym():
-            target = posixpath.join(posixpath.dirname(member.name), member.linkname)
-            member = members[posixpath.normpath(target)]
-        blobs.append(Blob(path, member.offset_data, member.size))
-    return blobs
+    """Where each layer tar lies in the saved image, lowest first: read as the scanner reads an
+    archive (`--archive`), so the floor and the scan agree on what a layer is."""
+    (saved,) = read_archive(str(path), str(path.parent))
+    return [saved.files.wait(i, 0) for i in range(saved.files.count)]
 
 
-def clair_indexing(clair: Clair, server: _BlobServer, ip: str, blobs: list[Blob]) -> float:
+def clair_indexing(clair: Clair, server: LayerServer, blobs: list[Blob]) -> float:
     """Seconds Clair takes to index the layers, parents first, under fresh names (so it really
-    indexes them), from files already on disk. The fresh layers are deleted afterwards."""
+    indexes them), from files already on disk, served by the scanner's own layer server. The
+    fresh layers are deleted afterwards."""
     prefix = f"clair-scan-bench-{uuid.uuid4().hex[:12]}"
-    port = server.server_address[1]
     names = [f"{prefix}-{i}" for i in range(len(blobs))]
-    for name, blob in zip(names, blobs):
-        server.blobs[name] = blob
+    urls = [server.publish(name, blob) for name, blob in zip(names, blobs)]
     try:
         started = time.perf_counter()
-        for i, name in enumerate(names):
-            clair.submit(name, f"http://{ip}:{port}/{name}", names[i - 1] if i else "")
+        for i, (name, url) in enumerate(zip(names, urls)):
+            clair.submit(name, url, names[i - 1] if i else "")
         return time.perf_counter() - started
     finally:
-        server.blobs.clear()
+        for name in names:
+            server.withdraw(name)
         clair.forget(names[0])
 
 
@@ -444,7 +384,7 @@ class Samples:
 class Context:
     client: Any
     clair: Clair
-    server: _BlobServer
+    server: LayerServer
     ip: str
     workdir: Path
     runs: int
@@ -460,7 +400,7 @@ def measure(ctx: Context, image: BenchImage, samples: Samples) -> None:
         blobs = saved_layers(saved)
         if len(blobs) != image.layers:
             raise BenchError(f"{image.name}: the saved image has {len(blobs)} layers, not {image.layers}")
-        samples.indexing.append(clair_indexing(ctx.clair, ctx.server, ctx.ip, blobs))
+        samples.indexing.append(clair_indexing(ctx.clair, ctx.server, blobs))
         samples.floor.append(samples.save[-1] + samples.indexing[-1])
         saved.unlink()
 
@@ -698,7 +638,7 @@ def run(args: argparse.Namespace) -> list[str]:
                 with contextlib.suppress(requests.RequestException, BenchError):
                     clair.forget(image.chain_ids[0])
 
-        server = stack.enter_context(blob_server(args.ip))
+        server = stack.enter_context(LayerServer(args.ip))
         ctx = Context(client, clair, server, args.ip, workdir, args.runs)
         results = {name: Samples() for name in images}
         measure(ctx, images["one-layer"], results["one-layer"])
