@@ -26,7 +26,7 @@ import docker
 import docker.errors
 import requests
 
-from .errors import BackendError, UsageError
+from .errors import BackendError, UsageError, first_line
 from .layerserver import route_address
 
 log = logging.getLogger(__name__)
@@ -112,16 +112,6 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _wrap(what: str) -> Callable[[BaseException], BackendError]:
-    def make(exc: BaseException) -> BackendError:
-        text = (
-            getattr(exc, "explanation", None) or str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        )
-        return BackendError(f"{what}: {text}")
-
-    return make
-
-
 def _dsn(host: str, port: int) -> str:
     return f"host={host} port={port} user={DB_USER} password={DB_PASSWORD} dbname=postgres connect_timeout=3"
 
@@ -138,7 +128,7 @@ def choose_network(client: Any, requested: str | None) -> str:
     try:
         return "bridge" if client.networks.list(names=["bridge"]) else "host"
     except docker.errors.DockerException as exc:
-        raise _wrap("cannot list Docker networks")(exc) from None
+        raise BackendError(f"cannot list Docker networks: {first_line(exc)}") from None
 
 
 def _ensure_image(client: Any, ref: str, policy: str, progress: Progress) -> None:
@@ -148,7 +138,7 @@ def _ensure_image(client: Any, ref: str, policy: str, progress: Progress) -> Non
     except docker.errors.ImageNotFound:
         present = False
     except docker.errors.DockerException as exc:
-        raise _wrap(f"cannot inspect {ref}")(exc) from None
+        raise BackendError(f"cannot inspect {ref}: {first_line(exc)}") from None
     if policy == "never" and not present:
         raise UsageError(
             f"backend image {ref} is not in the Docker engine and --pull never forbids pulling it",
@@ -160,7 +150,7 @@ def _ensure_image(client: Any, ref: str, policy: str, progress: Progress) -> Non
             client.images.pull(ref)
         except docker.errors.DockerException as exc:
             raise BackendError(
-                f"cannot pull {ref}: {getattr(exc, 'explanation', None) or exc}",
+                f"cannot pull {ref}: {first_line(exc)}",
                 hint="on an offline host, load the images with `clair-scan bundle load FILE`",
             ) from None
 
@@ -230,8 +220,7 @@ def db_problem(dsn: str) -> str | None:
     except psycopg.errors.UndefinedTable:
         return "no vulnerability table yet"
     except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()
-        log.debug("database not ready: %s", first[0] if first else exc)
+        log.debug("database not ready: %s", first_line(exc))
         return "not accepting connections"
     if not row or not row[0]:
         return "no vulnerability data yet"
@@ -389,7 +378,7 @@ def _running(client: Any, label: str) -> list[Any]:
     try:
         return list(client.containers.list(all=True, filters={"label": label}))
     except docker.errors.DockerException as exc:
-        raise _wrap("cannot list containers")(exc) from None
+        raise BackendError(f"cannot list containers: {first_line(exc)}") from None
 
 
 def find_warm(client: Any, settings: Settings) -> Backend | None:
@@ -431,11 +420,11 @@ def remove(client: Any, run: str | None = None) -> int:
         except docker.errors.NotFound:
             pass
         except docker.errors.DockerException as exc:
-            raise _wrap(f"cannot remove container {container.name}")(exc) from None
+            raise BackendError(f"cannot remove container {container.name}: {first_line(exc)}") from None
     try:
         networks = client.networks.list(filters={"label": label})
     except docker.errors.DockerException as exc:
-        raise _wrap("cannot list networks")(exc) from None
+        raise BackendError(f"cannot list networks: {first_line(exc)}") from None
     for network in networks:
         try:
             network.remove()
@@ -443,7 +432,7 @@ def remove(client: Any, run: str | None = None) -> int:
         except docker.errors.NotFound:
             pass
         except docker.errors.DockerException as exc:
-            raise _wrap(f"cannot remove network {network.name}")(exc) from None
+            raise BackendError(f"cannot remove network {network.name}: {first_line(exc)}") from None
     return removed
 
 
@@ -505,8 +494,7 @@ def database_facts(dsn: str) -> tuple[tuple[tuple[str, int], ...], datetime | No
             ).fetchall()
             last = conn.execute("SELECT value FROM keyvalue WHERE key = 'updater/last'").fetchone()
     except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()
-        return (), None, first[0] if first else type(exc).__name__
+        return (), None, first_line(exc)
     updated = None
     if last and str(last[0]).strip().isdigit():
         updated = datetime.fromtimestamp(int(str(last[0]).strip()), timezone.utc)
@@ -544,5 +532,5 @@ def bundle_load(client: Any, path: str) -> list[str]:
     except FileNotFoundError:
         raise UsageError(f"bundle not found: {path}") from None
     except docker.errors.DockerException as exc:
-        raise UsageError(f"cannot load {path}: {getattr(exc, 'explanation', None) or exc}") from None
+        raise UsageError(f"cannot load {path}: {first_line(exc)}") from None
     return [tag for image in images for tag in image.tags]

@@ -445,7 +445,7 @@ def status(
         from .terminal import Terminal
 
         terminal = Terminal()
-        state = backend.status(image.connect(), _backend_settings("", "", Pull.never, None, None, None, 1))
+        state = backend.status(image.connect(), backend.Settings())
         return terminal.status(state, max_db_age, fail)
 
     _guarded(work, log_file)

@@ -39,3 +39,10 @@ class BackendError(ScanError):
 
 class FileSystemError(ScanError):
     """Reading or writing local files failed (disk full, permissions)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: library messages (docker, psycopg) often run to several."""
+    explanation = getattr(exc, "explanation", None)  # docker's APIError keeps the engine's words here
+    lines = str(explanation or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -13,7 +13,7 @@ import docker
 import docker.errors
 import requests
 
-from .errors import DockerError, UsageError
+from .errors import DockerError, UsageError, first_line
 from .models import Image, Layer, chain_ids
 from .threads import start_daemon
 
@@ -29,15 +29,10 @@ def connect() -> Any:
     except (docker.errors.DockerException, requests.RequestException) as exc:
         where = os.environ.get("DOCKER_HOST") or "the local socket"
         raise DockerError(
-            f"cannot reach the Docker engine at {where}: {_short(exc)}",
+            f"cannot reach the Docker engine at {where}: {first_line(exc)}",
             hint="is the Docker daemon running and is DOCKER_HOST right?",
         ) from None
     return client
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def inspect(client: Any, ref: str) -> Image:
@@ -51,10 +46,10 @@ def inspect(client: Any, ref: str) -> Image:
         ) from None
     except docker.errors.APIError as exc:
         if exc.status_code is not None and 400 <= exc.status_code < 500:
-            raise UsageError(f"cannot use image {ref!r}: {exc.explanation or exc}") from None
-        raise DockerError(f"Docker could not inspect {ref}: {exc.explanation or exc}") from None
+            raise UsageError(f"cannot use image {ref!r}: {first_line(exc)}") from None
+        raise DockerError(f"Docker could not inspect {ref}: {first_line(exc)}") from None
     except (docker.errors.DockerException, requests.RequestException) as exc:
-        raise DockerError(f"Docker could not inspect {ref}: {_short(exc)}") from None
+        raise DockerError(f"Docker could not inspect {ref}: {first_line(exc)}") from None
     diff_ids = list(attrs.get("RootFS", {}).get("Layers") or [])
     if not diff_ids:
         raise UsageError(f"image {ref} has no layers to scan")
@@ -91,7 +86,7 @@ def exported(client: Any, image: Image, workdir: str) -> Iterator[LayerFiles]:
         try:
             chunks = client.api.get_image(image.id, chunk_size=CHUNK)
         except (docker.errors.DockerException, requests.RequestException) as exc:
-            files.finish(DockerError(f"docker save of {image.name} failed: {_short(exc)}"))
+            files.finish(DockerError(f"docker save of {image.name} failed: {first_line(exc)}"))
             return
         stream_save(chunks, image, spool, files, stop)
 

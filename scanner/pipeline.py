@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
@@ -201,11 +201,6 @@ def docker_targets(refs: list[str]) -> list[Pending]:
     return targets
 
 
-@contextmanager
-def _ready(files: archive.LayerFiles) -> Iterator[archive.LayerFiles]:
-    yield files
-
-
 def archive_targets(paths: list[str], stack: ExitStack) -> list[Pending]:
     """Every image in each `docker save` archive; no Docker engine involved."""
     if not paths:
@@ -223,7 +218,7 @@ def archive_targets(paths: list[str], stack: ExitStack) -> list[Pending]:
         for item in found:
 
             def ready(_workdir: str, files: archive.LayerFiles = item.files) -> Any:
-                return _ready(files)
+                return nullcontext(files)  # already on disk: nothing to export
 
             targets.append((item.image.name, Target(item.image, ready)))
     return targets

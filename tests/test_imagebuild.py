@@ -306,15 +306,9 @@ def test_filler_layer_is_streamed_not_held_in_memory(tmp_path: Path) -> None:
 # Against the real engine
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[docker.DockerClient]:
-    try:
-        engine = docker.from_env()
-        engine.ping()
-    except (docker.errors.DockerException, OSError) as exc:
-        pytest.skip(f"no Docker engine answers: {exc}")
-    yield engine
-    engine.close()
+@pytest.fixture
+def client(docker_client: docker.DockerClient) -> docker.DockerClient:
+    return docker_client  # conftest's engine, skipping where none answers
 
 
 @pytest.fixture
