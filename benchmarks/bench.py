@@ -68,7 +68,7 @@ from imagebuild import (  # noqa: E402
 )
 from scanner.archive import Blob, read_archive  # noqa: E402
 from scanner.layerserver import LayerServer  # noqa: E402
-from scanner.models import chain_ids  # noqa: E402
+from scanner.names import chain_ids  # noqa: E402
 
 MB = 1_000_000  # sizes and RSS are reported in MB of 10^6 bytes, as the targets are stated
 MIB = 1 << 20

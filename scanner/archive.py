@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import DockerError, FileSystemError, ScanError, UsageError
-from .models import Image, Layer, chain_ids
+from .models import Image, Layer
+from .names import chain_ids
 
 CHUNK = 1 << 20
 _V1_JSON = re.compile(r"^([0-9a-f]{64})/json$")

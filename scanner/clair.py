@@ -9,40 +9,16 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 
-from .errors import ClairError, UsageError
+from .errors import ClairError
+from .names import normalize_url, redact
 
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {500, 502, 503, 504}
-
-
-def normalize_url(url: str) -> str:
-    """Accept what klar's CLAIR_ADDR accepts: `host:port` without a scheme means http."""
-    url = url.strip().rstrip("/")
-    if "://" not in url:
-        url = "http://" + url
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"not a Clair URL: {redact(url)}")
-    if parts.port is None:
-        netloc = parts.netloc + ":6060"
-        url = urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
-def redact(url: str) -> str:
-    """The URL without credentials, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 class Deadline:

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.client import HTTPException
 from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
 import requests
 
-from .errors import DockerError, UsageError, first_line
-from .models import Image, Layer, chain_ids
+from .errors import DockerError, ScanError, UsageError, first_line
+from .models import Image, Layer
+from .names import chain_ids
 from .threads import start_daemon
 
 if TYPE_CHECKING:
     from .archive import LayerFiles
+    from .headstart import HeadStart
+
+log = logging.getLogger(__name__)
 
 
 def connect() -> Any:
@@ -73,9 +79,12 @@ def created_by_from_history(history: list[dict[str, Any]], count: int) -> list[s
 
 
 @contextmanager
-def exported(client: Any, image: Image, workdir: str) -> Iterator[LayerFiles]:
+def exported(
+    client: Any, image: Image, workdir: str, started: HeadStart | None = None
+) -> Iterator[LayerFiles]:
     """Stream `docker save` of the image into a spool file in `workdir`, in the background. The
-    yielded LayerFiles hands out each layer as soon as its bytes are on disk."""
+    yielded LayerFiles hands out each layer as soon as its bytes are on disk. A save the head
+    start already asked for is used if it is of this very image (the tag may have moved since)."""
     from .archive import CHUNK, LayerFiles, stream_save
 
     files = LayerFiles(len(image.layers))
@@ -84,8 +93,15 @@ def exported(client: Any, image: Image, workdir: str) -> Iterator[LayerFiles]:
 
     def run() -> None:
         try:
-            chunks = client.api.get_image(image.id, chunk_size=CHUNK)
-        except (docker.errors.DockerException, requests.RequestException) as exc:
+            if started is not None and started.image_id == image.id:
+                log.debug("docker save of %s: using the head start's request", image.name)
+                chunks = started.chunks(CHUNK)
+            else:
+                chunks = client.api.get_image(image.id, chunk_size=CHUNK)
+        except ScanError as exc:
+            files.finish(exc)
+            return
+        except (docker.errors.DockerException, requests.RequestException, OSError, HTTPException) as exc:
             files.finish(DockerError(f"docker save of {image.name} failed: {first_line(exc)}"))
             return
         stream_save(chunks, image, spool, files, stop)
@@ -95,6 +111,8 @@ def exported(client: Any, image: Image, workdir: str) -> Iterator[LayerFiles]:
         yield files
     finally:
         stop.set()
+        if started is not None:
+            started.close()  # unblocks the thread if it still waits for the engine
         # The thread notices `stop` at its next chunk; a stalled engine must not hold up cleanup.
         thread.join(timeout=1.0)
         # Scanning several images, each spool goes as soon as its image is done.

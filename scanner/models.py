@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
@@ -30,18 +29,6 @@ class Severity(IntEnum):
         except KeyError:
             names = ", ".join(s.label for s in cls)
             raise ValueError(f"unknown severity {text!r} (expected one of {names})") from None
-
-
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """Chain IDs as the OCI image spec defines them: each names a layer together with its parents."""
-    chain: list[str] = []
-    for diff_id in diff_ids:
-        if not chain:
-            chain.append(diff_id)
-        else:
-            digest = hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest()
-            chain.append(f"sha256:{digest}")
-    return chain
 
 
 @dataclass(frozen=True)

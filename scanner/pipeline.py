@@ -18,6 +18,7 @@ from .models import Analysis, Image, ImageResult, Severity
 
 if TYPE_CHECKING:
     from . import archive
+    from .headstart import HeadStart
     from .layerserver import LayerServer
 
 log = logging.getLogger(__name__)
@@ -181,8 +182,9 @@ def run(
     return outcomes
 
 
-def docker_targets(refs: list[str]) -> list[Pending]:
-    """Images in the Docker engine. An unknown image is an error for that image only."""
+def docker_targets(refs: list[str], head: HeadStart | None = None) -> list[Pending]:
+    """Images in the Docker engine. An unknown image is an error for that image only. The first
+    image's export may already be under way (see headstart)."""
     if not refs:
         return []
     client = image.connect()
@@ -193,9 +195,14 @@ def docker_targets(refs: list[str]) -> list[Pending]:
         except ScanError as exc:
             targets.append((ref, exc))
             continue
+        started = None
+        if head is not None and head.ref == ref:
+            started, head = head, None  # its one response serves one export
 
-        def export(workdir: str, img: Image = img) -> AbstractContextManager[archive.LayerFiles]:
-            return image.exported(client, img, workdir)
+        def export(
+            workdir: str, img: Image = img, started: HeadStart | None = started
+        ) -> AbstractContextManager[archive.LayerFiles]:
+            return image.exported(client, img, workdir, started)
 
         targets.append((ref, Target(img, export)))
     return targets

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -26,6 +27,12 @@ from imagebuild import (
 from scanner.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A shell that starts pytest in the background makes it ignore SIGINT, and an ignored signal stays
+# ignored across exec: the scanners the Ctrl-C tests start would never see their Ctrl-C. A handled
+# signal is reset to the default in a child, where Python installs its own handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -174,7 +174,10 @@ def test_down_removes_strays_of_a_killed_run(images, clean_engine):
     assert _ours(clean_engine) == []
 
 
-def test_ctrl_c_during_start_up_removes_the_backend(images, clean_engine, load_image, tmp_path, private_tmp):
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_during_start_up_removes_the_backend(
+    images, clean_engine, load_image, tmp_path, private_tmp, signum, code
+):
     slow = standin.slow_db_image(3600)
     image = load_image(debian_image_layers())
     process = subprocess.Popen(
@@ -190,10 +193,10 @@ def test_ctrl_c_during_start_up_removes_the_backend(images, clean_engine, load_i
         time.sleep(0.2)
     assert clean_engine.containers.list(filters={"label": LABEL}), "the backend never started"
     time.sleep(1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert process.returncode == code, err
+    assert ("interrupted" if code == 130 else "terminated") in err and "Traceback" not in err
     assert _ours(clean_engine) == []
     assert list(private_tmp.iterdir()) == []
 

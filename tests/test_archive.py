@@ -14,8 +14,9 @@ import pytest
 from imagebuild import Filler, HistoryEntry, ImageSpec, Layer, debian_files, write_docker_save, write_images
 from scanner import archive
 from scanner.errors import DockerError, UsageError
-from scanner.models import Image, chain_ids
+from scanner.models import Image
 from scanner.models import Layer as ImageLayer
+from scanner.names import chain_ids
 
 
 def _layers() -> list[Layer]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from scanner.clair import normalize_url
+from scanner.names import normalize_url
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose"
 

@@ -94,7 +94,7 @@ def test_scan_reports_exactly_what_clair_holds(run, clair, load_image, tmp_path)
 
 
 def _layers_of(image):
-    from scanner.models import chain_ids
+    from scanner.names import chain_ids
 
     return [type("L", (), {"chain_id": c}) for c in chain_ids(list(image.saved.diff_ids))]
 
@@ -342,7 +342,10 @@ def _listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_ctrl_c_mid_scan_leaves_nothing(clair, load_image, tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_ctrl_c_or_sigterm_mid_scan_leaves_nothing(clair, load_image, tmp_path, signum, code, word):
     image = load_image(debian_image_layers())
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -366,10 +369,10 @@ def test_ctrl_c_mid_scan_leaves_nothing(clair, load_image, tmp_path):
     ).port
     assert _listening(layer_port)
     assert list(tmp.iterdir()), "the spool should exist while the scan runs"
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=30)
-    assert process.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert process.returncode == code, err
+    assert word in err and "Traceback" not in err
     assert list(tmp.iterdir()) == []
     assert list(work.iterdir()) == []
     assert not _listening(layer_port)

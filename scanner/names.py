@@ -1,0 +1,66 @@
+"""How the scanner names what it talks about: layers by chain ID, Clair by URL, the Docker engine
+by its socket. Standard library only: the head start needs these before anything else is loaded."""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import UsageError
+
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """Chain IDs as the OCI image spec defines them: each names a layer together with its parents."""
+    chain: list[str] = []
+    for diff_id in diff_ids:
+        if not chain:
+            chain.append(diff_id)
+        else:
+            digest = hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest()
+            chain.append(f"sha256:{digest}")
+    return chain
+
+
+def normalize_url(url: str) -> str:
+    """Accept what klar's CLAIR_ADDR accepts: `host:port` without a scheme means http."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"not a Clair URL: {redact(url)}")
+    if parts.port is None:
+        netloc = parts.netloc + ":6060"
+        url = urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL without credentials, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def plain_docker_endpoint(environ: dict[str, str]) -> str | tuple[str, int] | None:
+    """The engine the docker SDK's from_env() would use, as a unix socket path or a TCP (host,
+    port), when it is reached without TLS or ssh; None otherwise."""
+    if environ.get("DOCKER_TLS_VERIFY") or environ.get("DOCKER_CERT_PATH"):
+        return None
+    host = environ.get("DOCKER_HOST") or f"unix://{DEFAULT_DOCKER_SOCKET}"
+    if host.startswith("unix://"):
+        return host[len("unix://") :] or None
+    if host.startswith("tcp://"):
+        parts = urlsplit(host)
+        try:
+            port = parts.port or 2375
+        except ValueError:
+            return None
+        return (parts.hostname, port) if parts.hostname and parts.path in ("", "/") else None
+    return None
