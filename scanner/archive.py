@@ -1,8 +1,9 @@
 """Reading `docker save` output: where each layer's tar lies, from a live stream or from a file.
 
-A live save is copied once into a spool file while its tar headers are read; a layer becomes
-available the moment its last byte is on disk, so Clair can start on it while later layers still
-stream. Layers are never extracted: they are served as byte ranges of the spool (or archive) file.
+A live save is copied once into a spool file while its tar headers are read. A layer is handed
+out as soon as its header shows where it lies, and its bytes can be read as they reach the disk:
+Clair downloads a layer while the engine is still sending it, and later layers after it. Layers
+are never extracted: they are served as byte ranges of the spool (or archive) file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DockerError, FileSystemError, ScanError, UsageError
@@ -28,6 +29,36 @@ _V1_JSON = re.compile(r"^([0-9a-f]{64})/json$")
 _BLOB = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
 
 
+class Arrival:
+    """How much of a file being written is on disk; readers wait for the bytes they need."""
+
+    def __init__(self) -> None:
+        self._written = 0
+        self._ended = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+
+    def advance(self, written: int) -> None:
+        with self._cond:
+            self._written = written
+            self._cond.notify_all()
+
+    def end(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            self._ended = True
+            self._error = error
+            self._cond.notify_all()
+
+    def wait_past(self, position: int) -> int:
+        """The file's length on disk once it is more than `position`; raises if it never will be."""
+        with self._cond:
+            while self._written <= position:
+                if self._ended:
+                    raise self._error or DockerError("docker save ended before the layer did")
+                self._cond.wait()
+            return self._written
+
+
 @dataclass(frozen=True)
 class Blob:
     """A byte range of a file on disk: one layer tar inside a saved image."""
@@ -35,6 +66,15 @@ class Blob:
     path: str
     offset: int
     size: int
+    # Set while a live save is still being written: the bytes are read as they arrive.
+    arrival: Arrival | None = field(default=None, compare=False, repr=False)
+
+    def available(self, done: int) -> int:
+        """How many of the blob's bytes can be read now, more than `done`: waits for them to
+        arrive, and raises the save's error if they never will."""
+        if self.arrival is None:
+            return self.size
+        return min(self.arrival.wait_past(self.offset + done) - self.offset, self.size)
 
 
 class LayerFiles:
@@ -57,6 +97,12 @@ class LayerFiles:
             self._finished = True
             self._error = error
             self._cond.notify_all()
+
+    def check(self) -> None:
+        """Raise the producer's error, if it failed."""
+        with self._cond:
+            if self._error is not None:
+                raise self._error
 
     def wait(self, index: int, timeout: float) -> Blob:
         end = time.monotonic() + timeout
@@ -86,6 +132,7 @@ class _Spool:
         self._written = 0
         self._pos = 0
         self._exhausted = False
+        self.arrival = Arrival()
 
     def _fill(self, upto: int) -> None:
         while self._written < upto and not self._exhausted:
@@ -94,8 +141,9 @@ class _Spool:
                 self._exhausted = True
             else:
                 self._out.write(chunk)
+                self._out.flush()  # readers of the file (the layer server) may take it from here
                 self._written += len(chunk)
-        self._out.flush()
+                self.arrival.advance(self._written)
 
     def drain(self) -> None:
         """Copy whatever the stream still holds (padding after the tar's end marker)."""
@@ -125,17 +173,6 @@ class _Spool:
         self._in.close()
 
 
-def _complete_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """Each member once its data is fully on disk: that is when the next header has been read."""
-    previous: tarfile.TarInfo | None = None
-    for member in tar:
-        if previous is not None:
-            yield previous
-        previous = member
-    if previous is not None:
-        yield previous
-
-
 def _read_json(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Any:
     handle = tar.extractfile(member)
     if handle is None:
@@ -146,15 +183,16 @@ def _read_json(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Any:
 class _TarIndex:
     """Regular files and symlinks of a saved image, by member name."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, arrival: Arrival | None = None) -> None:
         self.path = path
+        self.arrival = arrival
         self.files: dict[str, Blob] = {}
         self.links: dict[str, str] = {}
 
     def add(self, member: tarfile.TarInfo) -> None:
         name = posixpath.normpath(member.name)
         if member.isfile():
-            self.files[name] = Blob(self.path, member.offset_data, member.size)
+            self.files[name] = Blob(self.path, member.offset_data, member.size, self.arrival)
         elif member.issym() or member.islnk():
             # Docker writes a repeated layer as a relative symlink to its first copy.
             base = posixpath.dirname(name) if member.issym() else ""
@@ -264,7 +302,8 @@ def stream_save(
     stop: threading.Event,
 ) -> None:
     """Copy a live `docker save` stream to `spool_path`, publishing each layer into `files` as soon
-    as it is complete. Runs in its own thread; any failure is handed to the waiting consumer."""
+    as its place in the stream is known. Runs in its own thread; any failure is handed to the
+    waiting consumer, and to whoever still reads a layer that will now never be complete."""
     error: BaseException | None = None
 
     def stoppable() -> Iterator[bytes]:
@@ -279,9 +318,9 @@ def stream_save(
     spool: _Spool | None = None
     try:
         spool = _Spool(stoppable(), spool_path)
-        matcher = _LayerMatcher(image, _TarIndex(spool_path), files)
+        matcher = _LayerMatcher(image, _TarIndex(spool_path, spool.arrival), files)
         with tarfile.open(fileobj=spool, mode="r:") as tar:  # type: ignore[call-overload]
-            for member in _complete_members(tar):
+            for member in tar:
                 matcher.add(member, tar)
         if not stop.is_set():
             spool.drain()  # read the stream to its end so the engine sees a complete transfer
@@ -298,6 +337,8 @@ def stream_save(
         if spool is not None:
             spool.close()
         files.finish(error)
+        if spool is not None:
+            spool.arrival.end(error)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 
 from .archive import Blob
-from .errors import UsageError
+from .errors import ScanError, UsageError
 from .threads import start_daemon
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,19 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             with open(blob.path, "rb") as handle:
-                # socket.sendfile uses sendfile(2): the kernel copies from the page cache.
-                self.connection.sendfile(handle, blob.offset, blob.size)
+                sent = 0
+                while sent < blob.size:
+                    # A layer still streaming out of the engine is sent as it arrives.
+                    ready = blob.available(sent)
+                    # socket.sendfile uses sendfile(2): the kernel copies from the page cache.
+                    self.connection.sendfile(handle, blob.offset + sent, ready - sent)
+                    sent = ready
         except (BrokenPipeError, ConnectionResetError):
             log.debug("client went away while downloading %s", parts[2])
+        except ScanError as exc:
+            # Closing short of Content-Length makes Clair fail this download rather than index
+            # half a layer.
+            log.debug("cannot finish sending %s: %s", parts[2], exc)
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("layer server: %s - %s", self.address_string(), format % args)

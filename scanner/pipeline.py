@@ -136,6 +136,9 @@ def analyze(
                 log.debug("submitting layer %d (%s, %d bytes)", layer.index + 1, layer.chain_id, blob.size)
                 try:
                     clair.submit(layer.chain_id, url, parent, deadline)
+                except ClairError:
+                    files.check()  # a save that broke while Clair downloaded is the real cause
+                    raise
                 finally:
                     # Clair has its copy (or gave up): the spool may go once this image is done.
                     server.withdraw(layer.chain_id)

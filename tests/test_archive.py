@@ -229,3 +229,69 @@ def test_archive_without_manifest_or_missing_layer(tmp_path):
         archive.read_archive(str(cut), str(tmp_path))
     with pytest.raises(UsageError, match="archive not found"):
         archive.read_archive(str(tmp_path / "nope.tar"), str(tmp_path))
+
+
+def _cut_in_layer(tarball: Path, diff_id: str) -> tuple[bytes, int]:
+    """The saved image's bytes, and an offset in the middle of the layer's tar."""
+    import tarfile
+
+    with tarfile.open(tarball) as tar:
+        for member in tar:
+            if (
+                member.isfile()
+                and _sha(archive.Blob(str(tarball), member.offset_data, member.size)) == diff_id
+            ):
+                return tarball.read_bytes(), member.offset_data + member.size // 2
+    raise AssertionError("layer not found in the saved image")
+
+
+@pytest.mark.parametrize("layout", ["classic", "oci"])
+def test_a_layer_is_handed_out_at_its_header_and_read_as_it_arrives(tmp_path, layout):
+    tarball = tmp_path / "save.tar"
+    saved = write_docker_save(tarball, [Layer(files={"data/blob": Filler(3 << 20)})], layout=layout)
+    image = _image(saved)
+    data, cut = _cut_in_layer(tarball, image.layers[0].diff_id)
+    gate = threading.Event()
+
+    def chunks() -> Iterator[bytes]:
+        yield data[:cut]
+        gate.wait(30)  # the engine is still exporting the rest
+        yield data[cut:]
+
+    files = archive.LayerFiles(1)
+    thread = threading.Thread(
+        target=archive.stream_save,
+        args=(chunks(), image, str(tmp_path / "spool.tar"), files, threading.Event()),
+        daemon=True,
+    )
+    thread.start()
+    blob = files.wait(0, 10)
+    assert not gate.is_set()
+    assert blob.available(0) == cut - blob.offset < blob.size  # what is on disk, no more
+    gate.set()
+    done = 0
+    while done < blob.size:
+        done = blob.available(done)
+    thread.join(10)
+    assert _sha(blob) == image.layers[0].diff_id
+
+
+def test_a_layer_cut_off_mid_stream_fails_its_reader(tmp_path):
+    tarball = tmp_path / "save.tar"
+    saved = write_docker_save(tarball, [Layer(files={"data/blob": Filler(3 << 20)})], layout="classic")
+    image = _image(saved)
+    data, cut = _cut_in_layer(tarball, image.layers[0].diff_id)
+
+    def chunks() -> Iterator[bytes]:
+        yield data[:cut]
+        raise ConnectionResetError("engine went away")
+
+    files = archive.LayerFiles(1)
+    archive.stream_save(chunks(), image, str(tmp_path / "spool.tar"), files, threading.Event())
+    blob = files.wait(0, 1)  # handed out before the break
+    with pytest.raises(DockerError, match="engine went away"):
+        done = 0
+        while done < blob.size:
+            done = blob.available(done)
+    with pytest.raises(DockerError, match="engine went away"):
+        files.check()

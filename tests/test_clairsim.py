@@ -46,6 +46,7 @@ from clairsim import (
 )
 from clairsim import config as simconfig
 from clairsim.seed import seed
+from clairsim.tarstream import ERR_COULD_NOT_EXTRACT
 
 TESTS = Path(__file__).resolve().parent
 VULNS = TESTS / "data" / "vulns.json"
@@ -168,6 +169,7 @@ class LayerServer:
         self.blobs: dict[str, bytes] = {}
         self.redirects: dict[str, str] = {}
         self.slow: dict[str, float] = {}
+        self.short: dict[str, int] = {}  # path: Content-Length promised beyond the blob
         self.hits: list[tuple[str, dict[str, str]]] = []
         outer = self
 
@@ -188,7 +190,7 @@ class LayerServer:
                     return
                 delay = outer.slow.get(self.path, 0.0)
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(blob)))
+                self.send_header("Content-Length", str(len(blob) + outer.short.get(self.path, 0)))
                 self.end_headers()
                 if delay:
                     half = len(blob) // 2
@@ -763,6 +765,22 @@ def test_download_failures_are_400(sim: ClairSimulator, layers: LayerServer, tmp
     assert any(
         r["Event"] == "could not download layer: expected 2XX" and r["status code"] == 404 for r in sim.logs
     )
+
+
+def test_a_body_shorter_than_its_content_length_is_not_indexed(
+    sim: ClairSimulator, layers: LayerServer
+) -> None:
+    # Cut at an entry boundary, the tar alone would read as complete; Go's transport still
+    # reports the missing bytes as an unexpected EOF.
+    full = make_layer({**DEBIAN_BASE, "opt/after": b"x" * 4096})
+    cut = full.index(b"opt/after") // 512 * 512
+    path = layers.add("short.tar", full[:cut])
+    layers.short["/short.tar"] = len(full) - cut
+    response = post_layer(sim, "short", path)
+    assert (response.status_code, response.json()) == (422, {"Error": {"Message": ERR_COULD_NOT_EXTRACT}})
+    assert get_layer(sim, "short").status_code == 404
+    whole = post_layer(sim, "whole", layers.add("whole.tar", full[:cut]))
+    assert whole.status_code == 201  # the same bytes, honestly labelled, are a valid layer
 
 
 def test_unsupported_format_is_checked_after_download(sim: ClairSimulator, layers: LayerServer) -> None:

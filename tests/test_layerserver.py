@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from scanner.archive import Blob
-from scanner.errors import UsageError
+from scanner.archive import Arrival, Blob
+from scanner.errors import DockerError, UsageError
 from scanner.layerserver import LayerServer, route_address
 
 
@@ -99,3 +100,45 @@ def test_route_address_for_loopback():
     assert route_address("localhost") == "127.0.0.1"
     with pytest.raises(UsageError):
         route_address("http://name.invalid:6060")
+
+
+def _growing(tmp_path, data: bytes, on_disk: int) -> tuple[Blob, Arrival]:
+    path = tmp_path / "growing.tar"
+    path.write_bytes(data[:on_disk])
+    arrival = Arrival()
+    arrival.advance(on_disk)
+    return Blob(str(path), 100, len(data) - 200, arrival), arrival
+
+
+def test_a_layer_still_arriving_is_sent_as_it_arrives(tmp_path):
+    data = os.urandom(1 << 20)
+    blob, arrival = _growing(tmp_path, data, 300_000)
+    with LayerServer("127.0.0.1") as server:
+        url = urlsplit(server.publish("sha256:abc", blob))
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        connection.request("GET", url.path)
+        response = connection.getresponse()
+        assert response.getheader("Content-Length") == str(blob.size)
+        assert response.read(300_000 - 100) == data[100:300_000]  # all that is on disk, at once
+        with open(blob.path, "ab") as handle:
+            handle.write(data[300_000:])
+        arrival.advance(len(data))
+        arrival.end()
+        assert response.read() == data[300_000:-100]
+        connection.close()
+
+
+def test_a_layer_that_will_never_arrive_is_cut_short(tmp_path):
+    data = os.urandom(1 << 20)
+    blob, arrival = _growing(tmp_path, data, 300_000)
+    with LayerServer("127.0.0.1") as server:
+        url = urlsplit(server.publish("sha256:abc", blob))
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        connection.request("GET", url.path)
+        response = connection.getresponse()
+        assert response.read(300_000 - 100) == data[100:300_000]
+        arrival.end(DockerError("engine went away"))
+        # Fewer bytes than Content-Length: Clair fails the download instead of indexing a part.
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+        connection.close()

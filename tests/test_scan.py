@@ -428,3 +428,55 @@ def test_clair_addr_without_scheme_from_the_environment(clair, load_image, tmp_p
     result = run_process(["scan", image.tag, "--ip", "127.0.0.1"], env={"CLAIR_ADDR": address}, cwd=tmp_path)
     assert result.code == 1, result.stderr
     assert len(_posts(clair)) == 3
+
+
+def test_a_save_that_breaks_while_clair_downloads_is_a_docker_error(clair, tmp_path):
+    import tarfile
+    from contextlib import contextmanager
+
+    from imagebuild import Filler
+    from scanner import archive, pipeline
+    from scanner.errors import DockerError
+    from scanner.models import Image
+    from scanner.models import Layer as ImageLayer
+    from scanner.names import chain_ids
+
+    tarball = tmp_path / "save.tar"
+    layers = [*debian_image_layers()[:1], Layer(files={"data/blob": Filler(4 << 20)})]
+    saved = write_docker_save(tarball, layers, layout="oci")
+    diff_ids = list(saved.diff_ids)
+    image = Image(
+        "broken:1",
+        saved.image_id,
+        tuple(ImageLayer(i, d, c) for i, (d, c) in enumerate(zip(diff_ids, chain_ids(diff_ids)))),
+    )
+    with tarfile.open(tarball) as tar:
+        member = tar.getmember("blobs/sha256/" + diff_ids[1].partition(":")[2])
+    data = tarball.read_bytes()
+
+    def chunks():
+        yield data[: member.offset_data + member.size // 2]
+        deadline = time.monotonic() + 30
+        while len(clair.downloads) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # Clair is fetching the second layer while it still streams
+        raise ConnectionResetError("engine went away")
+
+    @contextmanager
+    def exported(workdir):
+        files = archive.LayerFiles(len(image.layers))
+        spool = os.path.join(workdir, "spool.tar")
+        thread = threading.Thread(
+            target=archive.stream_save, args=(chunks(), image, spool, files, threading.Event()), daemon=True
+        )
+        thread.start()
+        yield files
+        thread.join(30)
+
+    settings = pipeline.Settings(ip="127.0.0.1")
+    (outcome,) = pipeline.run([("broken:1", pipeline.Target(image, exported))], clair.url, settings, [None])
+    assert isinstance(outcome.error, DockerError), outcome
+    assert "engine went away" in str(outcome.error)
+    assert len(clair.downloads) == 2
+    held = requests.get(f"{clair.url}/v1/layers/{image.layers[1].chain_id}", timeout=10)
+    assert held.status_code == 404  # half a layer was never indexed
+    assert requests.get(f"{clair.url}/v1/layers/{image.layers[0].chain_id}", timeout=10).status_code == 200

@@ -5,7 +5,8 @@ set once (canonical key), `User-Agent: Go-http-client/1.1`, `Accept-Encoding: gz
 decoded) unless given, proxies from HTTP_PROXY/HTTPS_PROXY/NO_PROXY except for loopback hosts,
 up to 10 redirects, and Authorization/Cookie dropped when a redirect leaves the original host.
 Any failure or a status outside 2xx is "could not find layer". Anything else is a local file path.
-The body is streamed; nothing checks its length.
+The body is streamed; Clair never checks its length, but Go's transport does: a body that ends
+before its Content-Length reads as io.ErrUnexpectedEOF, so the extraction fails.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class CountingReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         data = self._source.read(len(buffer))
         if not data:
+            if getattr(self._source, "length", None):  # http.client: Content-Length bytes still due
+                raise OSError("unexpected EOF")
             return 0
         buffer[: len(data)] = data
         self._record.bytes_read += len(data)
