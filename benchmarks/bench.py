@@ -20,7 +20,8 @@ For each image and each of N runs it measures:
 - a rescan of the unchanged image: wall time, peak RSS, nothing sent and no `docker save`;
 - for the sibling, a scan right after five-layer's, when Clair lacks only the sibling's top layer.
 
-and prints one table of medians (Markdown, to paste into the README) and which targets are met.
+Each measurement starts once the disk is quiet (see settle()). It prints one table of medians
+(Markdown, to paste into the README) and which targets are met.
 By default Clair is the simulator in tests/clairsim, run as its own process on 127.0.0.1. Images,
 temp dirs, servers and the simulator are removed at the end, also on Ctrl-C.
 """
@@ -63,6 +64,7 @@ from imagebuild import (  # noqa: E402
     debian_files,
     docker_load,
     remove_images,
+    save_events,
     write_images,
     write_layer,
 )
@@ -353,21 +355,34 @@ def scan(client: Any, image: BenchImage, clair_url: str, ip: str, workdir: Path)
     return ScanRun(seconds, usage.ru_maxrss * 1024 / MB, sent, saves)
 
 
-def save_events(client: Any, image_id: str, since: float, until: float) -> int:
-    """How many `docker save`s of this image the engine logged between the two times (other
-    images' saves, say by tests running alongside, do not count). The API takes fractional Unix
-    times as text ("seconds.nanoseconds")."""
-    events = client.api.events(
-        since=f"{since:.9f}", until=f"{until:.9f}", filters={"event": "save"}, decode=True
-    )
-    try:
-        return sum(1 for event in events if event.get("id") == image_id)
-    finally:
-        events.close()
-
-
 # ---------------------------------------------------------------------------------------------
 # Measuring
+
+
+def _disk_busy() -> tuple[float, int]:
+    """(seconds the CPUs have waited on the disk so far, KiB of dirty or in-writeback pages)."""
+    iowait = int(Path("/proc/stat").read_text().split()[5]) / os.sysconf("SC_CLK_TCK")
+    kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Dirty", "Writeback"):
+            kib += int(value.split()[0])
+    return iowait, kib
+
+
+def settle(limit: float = 15.0) -> None:
+    """Wait until the disk is quiet. After a 1 GB save the engine deletes its export dir and the
+    kernel writes back or drops a GB of pages; a process started meanwhile waits on the disk for
+    its own code (seen: a rescan right after gig-layer's cold scan took 0.2-0.3 s, 0.16 s two
+    seconds later). Each measurement starts on a quiet disk, so it times what it measures."""
+    end = time.monotonic() + limit
+    quiet = 0
+    waited, _ = _disk_busy()
+    while quiet < 3 and time.monotonic() < end:
+        time.sleep(0.1)
+        now, dirty_kib = _disk_busy()
+        quiet = quiet + 1 if now - waited < 0.005 and dirty_kib < 4096 else 0
+        waited = now
 
 
 @dataclass
@@ -396,19 +411,23 @@ def measure(ctx: Context, image: BenchImage, samples: Samples) -> None:
     for run in range(1, ctx.runs + 1):
         progress(f"{image.name}: run {run}/{ctx.runs}")
         saved = ctx.workdir / "tmp" / "floor-save.tar"
+        settle()
         samples.save.append(docker_save(ctx.client, image.image_id, saved))
         blobs = saved_layers(saved)
         if len(blobs) != image.layers:
             raise BenchError(f"{image.name}: the saved image has {len(blobs)} layers, not {image.layers}")
+        settle()
         samples.indexing.append(clair_indexing(ctx.clair, ctx.server, blobs))
         samples.floor.append(samples.save[-1] + samples.indexing[-1])
         saved.unlink()
 
         ctx.clair.forget(image.chain_ids[0])  # cascades: Clair now lacks every layer of the image
+        settle()
         cold = scan(ctx.client, image, ctx.clair.url, ctx.ip, ctx.workdir)
         if cold.layers_sent != image.layers:
             raise BenchError(f"{image.name}: the cold scan sent {cold.layers_sent} of {image.layers} layers")
         samples.cold.append(cold)
+        settle()
         samples.rescan.append(scan(ctx.client, image, ctx.clair.url, ctx.ip, ctx.workdir))
 
 
@@ -418,6 +437,7 @@ def measure_sibling(ctx: Context, sibling: BenchImage, samples: Samples) -> None
     for run in range(1, ctx.runs + 1):
         progress(f"{sibling.name} after five-layer: run {run}/{ctx.runs}")
         ctx.clair.forget(sibling.chain_ids[-1])
+        settle()
         samples.sibling.append(scan(ctx.client, sibling, ctx.clair.url, ctx.ip, ctx.workdir))
 
 

@@ -152,6 +152,18 @@ def run_cli(args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | 
     return Run(result.exit_code, result.stdout, result.stderr)
 
 
+def start_process(args: Sequence[str], cwd: Path, tmpdir: Path) -> subprocess.Popen[str]:
+    """`python -m scanner ...` left running, for tests that signal it; TMPDIR is its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "scanner", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmpdir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_process(
     args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300
 ) -> Run:

@@ -690,3 +690,16 @@ def remove_images(client: docker.DockerClient, tags: Iterable[str]) -> None:
     for tag in tags:
         with contextlib.suppress(docker.errors.NotFound):
             client.images.remove(tag, force=True)
+
+
+def save_events(client: docker.DockerClient, image_id: str, since: float, until: float) -> int:
+    """How many `docker save`s of this image the engine logged between the two times (other
+    images' saves, say by tests running alongside, do not count). The API takes fractional Unix
+    times as text ("seconds.nanoseconds")."""
+    events = client.api.events(
+        since=f"{since:.9f}", until=f"{until:.9f}", filters={"event": "save"}, decode=True
+    )
+    try:
+        return sum(1 for event in events if event.get("id") == image_id)
+    finally:
+        events.close()

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import docker
 import pytest
 
 import standin
-from conftest import DEBIAN_EXPECTED, ROOT, debian_image_layers, run_cli, run_process
+from conftest import DEBIAN_EXPECTED, debian_image_layers, run_cli, run_process, start_process
 from reportcheck import validate_gitlab_report
 
 pytestmark = [pytest.mark.docker, pytest.mark.appliance]
@@ -180,14 +177,7 @@ def test_ctrl_c_or_sigterm_during_start_up_removes_the_backend(
 ):
     slow = standin.slow_db_image(3600)
     image = load_image(debian_image_layers())
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scanner", "scan", image.tag, *_backend({**images, "db": slow})],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(private_tmp)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_process(["scan", image.tag, *_backend({**images, "db": slow})], tmp_path, private_tmp)
     deadline = time.monotonic() + 60
     while not clean_engine.containers.list(filters={"label": LABEL}) and time.monotonic() < deadline:
         time.sleep(0.2)

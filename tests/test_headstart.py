@@ -4,17 +4,14 @@ handed to the pipeline, checked against a real engine and the Clair simulator.""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import typer.main
 
-from conftest import ROOT, debian_image_layers, run_cli, run_process
-from imagebuild import Layer
+from conftest import debian_image_layers, run_cli, run_process, start_process
+from imagebuild import Layer, save_events
 from scanner import headstart
 from scanner.cli import app
 from scanner.errors import DockerError
@@ -82,16 +79,6 @@ def test_only_a_plain_engine_gets_a_head_start(env, expected):
     assert plain_docker_endpoint(env) == expected
 
 
-def _saves(client, image_id: str, since: float) -> int:
-    events = client.api.events(
-        since=f"{since:.9f}", until=f"{time.time():.9f}", filters={"event": "save"}, decode=True
-    )
-    try:
-        return sum(1 for event in events if event.get("id") == image_id)
-    finally:
-        events.close()
-
-
 def test_a_cold_scan_exports_once_through_the_head_start(clair, load_image, docker_client, tmp_path):
     image = load_image(debian_image_layers())
     image_id = docker_client.api.inspect_image(image.tag)["Id"]
@@ -102,14 +89,16 @@ def test_a_cold_scan_exports_once_through_the_head_start(clair, load_image, dock
     assert cold.code == 1, cold.stderr  # the Debian layer has known vulnerabilities
     assert "using the head start's request" in log.read_text()
     assert json.loads(cold.stdout)["images"][0]["layers_sent"] == len(image.saved.diff_ids)
-    assert _saves(docker_client, image_id, since) == 1
+    assert save_events(docker_client, image_id, since, time.time()) == 1
     assert len(clair.downloads) == len(image.saved.diff_ids)  # Clair fetched what the head start exported
 
     since = time.time()
     rescan = run_process([*args, "--no-report"], cwd=tmp_path)
     assert rescan.code == 1, rescan.stderr
     assert json.loads(rescan.stdout)["images"][0]["layers_sent"] == 0
-    assert _saves(docker_client, image_id, since) == 0  # Clair holds it: no head start, no export
+    assert (
+        save_events(docker_client, image_id, since, time.time()) == 0
+    )  # Clair holds it: no head start, no export
 
 
 def test_a_head_start_for_an_image_whose_tag_moved_is_dropped(
@@ -172,13 +161,8 @@ def test_the_engine_refusing_the_save_is_a_docker_error(docker_client):
 def test_ctrl_c_while_the_head_start_waits_ends_cleanly(clair, load_image, tmp_path, private_tmp):
     image = load_image(debian_image_layers())
     clair.hang(method="GET")  # the head start's question, and every later one, goes unanswered
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scanner", "scan", image.tag, "--clair", clair.url, "--ip", "127.0.0.1"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(private_tmp)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = start_process(
+        ["scan", image.tag, "--clair", clair.url, "--ip", "127.0.0.1"], tmp_path, private_tmp
     )
     deadline = time.monotonic() + 30
     while not clair.requests and time.monotonic() < deadline:

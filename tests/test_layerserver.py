@@ -110,14 +110,18 @@ def _growing(tmp_path, data: bytes, on_disk: int) -> tuple[Blob, Arrival]:
     return Blob(str(path), 100, len(data) - 200, arrival), arrival
 
 
+def _download(server: LayerServer, blob: Blob) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    url = urlsplit(server.publish("sha256:abc", blob))
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    connection.request("GET", url.path)
+    return connection, connection.getresponse()
+
+
 def test_a_layer_still_arriving_is_sent_as_it_arrives(tmp_path):
     data = os.urandom(1 << 20)
     blob, arrival = _growing(tmp_path, data, 300_000)
     with LayerServer("127.0.0.1") as server:
-        url = urlsplit(server.publish("sha256:abc", blob))
-        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-        connection.request("GET", url.path)
-        response = connection.getresponse()
+        connection, response = _download(server, blob)
         assert response.getheader("Content-Length") == str(blob.size)
         assert response.read(300_000 - 100) == data[100:300_000]  # all that is on disk, at once
         with open(blob.path, "ab") as handle:
@@ -132,10 +136,7 @@ def test_a_layer_that_will_never_arrive_is_cut_short(tmp_path):
     data = os.urandom(1 << 20)
     blob, arrival = _growing(tmp_path, data, 300_000)
     with LayerServer("127.0.0.1") as server:
-        url = urlsplit(server.publish("sha256:abc", blob))
-        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-        connection.request("GET", url.path)
-        response = connection.getresponse()
+        connection, response = _download(server, blob)
         assert response.read(300_000 - 100) == data[100:300_000]
         arrival.end(DockerError("engine went away"))
         # Fewer bytes than Content-Length: Clair fails the download instead of indexing a part.

@@ -6,8 +6,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,10 +17,10 @@ import requests
 from conftest import (
     DEBIAN_EXPECTED,
     DEBIAN_HISTORY,
-    ROOT,
     debian_image_layers,
     run_cli,
     run_process,
+    start_process,
 )
 from imagebuild import HistoryEntry, Layer, alpine_files, write_docker_save
 from reportcheck import validate_gitlab_report
@@ -352,14 +350,7 @@ def test_ctrl_c_or_sigterm_mid_scan_leaves_nothing(clair, load_image, tmp_path, 
     work = tmp_path / "work"
     work.mkdir()
     clair.hang(method="POST", path="/v1/layers")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scanner", *_scan_args(clair, image.tag)],
-        cwd=work,
-        env={**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_process(_scan_args(clair, image.tag), work, tmp)
     deadline = time.monotonic() + 60
     while not any(r.method == "POST" for r in clair.requests) and time.monotonic() < deadline:
         time.sleep(0.05)
