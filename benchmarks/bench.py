@@ -316,11 +316,11 @@ class ScanRun:
     saves: int  # `docker save` events the engine logged while the scan ran
 
 
-def scan(client: Any, image: BenchImage, clair_url: str, ip: str, workdir: Path) -> ScanRun:
+def scan(client: Any, image: BenchImage, clair_url: str, ip: str, workdir: Path, *extra: str) -> ScanRun:
     """`clair-scan scan` as users run it. Its peak RSS comes from wait4(2) (ru_maxrss, KiB on
     Linux). Output goes to files: a pipe nobody reads could stall the child."""
     command = [sys.executable, "-m", "scanner", "scan", image.tag, "--clair", clair_url, "--ip", ip]
-    command += ["--no-report", "--format", "json"]
+    command += ["--no-report", "--format", "json", *extra]
     # TMPDIR: the scanner's spool lands in our work dir, on the same disk as the floor's save,
     # and is removed with it even if the scanner is killed.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(workdir / "tmp")}
@@ -393,6 +393,9 @@ class Samples:
     cold: list[ScanRun] = field(default_factory=list)
     rescan: list[ScanRun] = field(default_factory=list)
     sibling: list[ScanRun] = field(default_factory=list)
+    # From one more, untimed, cold scan: layers submitted before `docker save` had finished
+    # streaming, and layers submitted.
+    overlap: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -429,6 +432,22 @@ def measure(ctx: Context, image: BenchImage, samples: Samples) -> None:
         samples.cold.append(cold)
         settle()
         samples.rescan.append(scan(ctx.client, image, ctx.clair.url, ctx.ip, ctx.workdir))
+
+
+def measure_overlap(ctx: Context, image: BenchImage, samples: Samples) -> None:
+    """One more cold scan, with the scanner's debug log: which layers went to Clair while the save
+    was still streaming. Untimed, so the log's writes cost the timed runs nothing."""
+    ctx.clair.forget(image.chain_ids[0])
+    log_path = ctx.workdir / "overlap.log"
+    scan(ctx.client, image, ctx.clair.url, ctx.ip, ctx.workdir, "--log", str(log_path))
+    lines = log_path.read_text().splitlines()
+    log_path.unlink()
+    # Each line starts with its time, "YYYY-MM-DD HH:MM:SS,mmm": as text they sort as times.
+    submitted = [line[:23] for line in lines if "submitting layer" in line]
+    ended = [line[:23] for line in lines if "docker save stream ended" in line]
+    if not ended or len(submitted) != image.layers:
+        raise BenchError(f"{image.name}: the scan's log does not show its submits and the save's end")
+    samples.overlap = (sum(1 for stamp in submitted if stamp < ended[0]), len(submitted))
 
 
 def measure_sibling(ctx: Context, sibling: BenchImage, samples: Samples) -> None:
@@ -493,6 +512,7 @@ HEADER = [
     "cold/floor",
     "rescan (s)",
     "sibling (s) / layers sent",
+    "sent while saving",
     "peak RSS cold (MB)",
     "peak RSS rescan (MB)",
 ]
@@ -521,6 +541,7 @@ def report(
                 f"{cold / floor:.2f}",
                 f"{median([r.seconds for r in s.rescan]):.3f}",
                 sibling,
+                f"{s.overlap[0]}/{s.overlap[1]}",
                 f"{max(r.rss_mb for r in s.cold):.0f}",
                 f"{max(r.rss_mb for r in s.rescan):.0f}",
             ]
@@ -529,7 +550,8 @@ def report(
         table(rows),
         "",
         f"Times are medians of {runs} runs; peak RSS is the highest of the runs (ru_maxrss of the "
-        "scanner process). floor = docker save + Clair indexing, measured separately; MB = 10^6 bytes.",
+        "scanner process). floor = docker save + Clair indexing, measured separately; MB = 10^6 bytes. "
+        "sent while saving: layers a cold scan submitted before the save had finished streaming.",
         f"Load average (1 min): {load[0]:.2f} at the start, {load[1]:.2f} at the end.",
     ]
     return lines
@@ -571,6 +593,13 @@ def targets(results: dict[str, Samples]) -> list[str]:
         all(r.layers_sent == 1 for r in sibling),
         f"the sibling sends only the layer Clair lacks (layers sent per run: "
         f"{', '.join(str(r.layers_sent) for r in sibling)})",
+    )
+    multi = {n: s.overlap for n, s in results.items() if s.overlap[1] > 1}
+    verdict(
+        all(before > 0 for before, _ in multi.values()),
+        "multi-layer images: layers go to Clair while docker save still streams ("
+        + ", ".join(f"{n}: {before} of {total}" for n, (before, total) in multi.items())
+        + ")",
     )
     rss = {n: max(r.rss_mb for r in [*s.cold, *s.rescan, *s.sibling]) for n, s in results.items()}
     biggest = max(rss, key=lambda n: rss[n])
@@ -666,6 +695,8 @@ def run(args: argparse.Namespace) -> list[str]:
         measure_sibling(ctx, images["sibling"], results["sibling"])  # right after five-layer
         measure(ctx, images["sibling"], results["sibling"])
         measure(ctx, images["gig-layer"], results["gig-layer"])
+        for name, image in images.items():
+            measure_overlap(ctx, image, results[name])
         load = (load_start, os.getloadavg()[0])
         progress("done; cleaning up")
     results = {name: results[name] for name in ("one-layer", "five-layer", "gig-layer", "sibling")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import posixpath
 import re
@@ -23,6 +24,8 @@ from typing import Any
 from .errors import DockerError, FileSystemError, ScanError, UsageError
 from .models import Image, Layer
 from .names import chain_ids
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 _V1_JSON = re.compile(r"^([0-9a-f]{64})/json$")
@@ -129,21 +132,21 @@ class _Spool:
         self._chunks: Iterator[bytes] = iter(chunks)
         self._out = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._in = open(path, "rb")  # noqa: SIM115
-        self._written = 0
+        self.written = 0
         self._pos = 0
         self._exhausted = False
         self.arrival = Arrival()
 
     def _fill(self, upto: int) -> None:
-        while self._written < upto and not self._exhausted:
+        while self.written < upto and not self._exhausted:
             chunk = next(self._chunks, None)
             if chunk is None:
                 self._exhausted = True
             else:
                 self._out.write(chunk)
                 self._out.flush()  # readers of the file (the layer server) may take it from here
-                self._written += len(chunk)
-                self.arrival.advance(self._written)
+                self.written += len(chunk)
+                self.arrival.advance(self.written)
 
     def drain(self) -> None:
         """Copy whatever the stream still holds (padding after the tar's end marker)."""
@@ -161,7 +164,7 @@ class _Spool:
             offset += self._pos
         elif whence == os.SEEK_END:
             self.drain()
-            offset += self._written
+            offset += self.written
         self._pos = offset
         return offset
 
@@ -324,6 +327,7 @@ def stream_save(
                 matcher.add(member, tar)
         if not stop.is_set():
             spool.drain()  # read the stream to its end so the engine sees a complete transfer
+            log.debug("docker save stream ended after %d bytes", spool.written)
             matcher.finish()
     except ScanError as exc:
         error = exc

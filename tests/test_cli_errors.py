@@ -103,3 +103,26 @@ def test_docker_down(tmp_path):
     )
     assert result.code == 3
     _one_error_line(result.stderr, "cannot reach the Docker engine at tcp://127.0.0.1:1")
+
+
+def test_the_installed_console_script_runs_the_same_entry_point(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from scanner import __version__
+
+    script = Path(sys.executable).parent / "clair-scan"
+    if not script.exists():
+        pytest.skip("the package is not installed in this interpreter's environment")
+    version = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert (version.returncode, version.stdout.strip()) == (0, f"clair-scan {__version__}")
+    missing = subprocess.run(
+        [str(script), "scan", "--archive", str(tmp_path / "none.tar"), "--clair", "http://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert missing.returncode == 2, missing.stderr
+    _one_error_line(missing.stderr, "archive not found")
