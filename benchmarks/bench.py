@@ -15,8 +15,8 @@ For each image and each of N runs it measures:
 
 - the floor: `docker save` streamed to a file in the scanner's temp dir, then Clair indexing the
   saved layer tars (served from a local HTTP server, POSTed parent-first under fresh names);
-- a cold scan (`clair-scan scan IMAGE --clair URL ...` as a real process, after Clair was made to
-  forget the image), its wall time and peak RSS;
+- a cold scan (`clair-scan scan IMAGE --clair URL ...`, installed with pip into a venv of its own,
+  as a real process, after Clair was made to forget the image), its wall time and peak RSS;
 - a rescan of the unchanged image: wall time, peak RSS, nothing sent and no `docker save`;
 - for the sibling, a scan right after five-layer's, when Clair lacks only the sibling's top layer.
 
@@ -29,12 +29,12 @@ temp dirs, servers and the simulator are removed at the end, also on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import compileall
 import contextlib
 import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -316,17 +316,33 @@ class ScanRun:
     saves: int  # `docker save` events the engine logged while the scan ran
 
 
-def scan(client: Any, image: BenchImage, clair_url: str, ip: str, workdir: Path, *extra: str) -> ScanRun:
+def install_scanner(workdir: Path) -> str:
+    """clair-scan installed as users install it: `pip install .` into a venv of the benchmark's
+    own, from a copy of this tree (a build writes into the tree it builds). Not the dev venv's
+    editable install, whose import hook costs every start ~7 ms. Returns the console script."""
+    source, venv = workdir / "source", workdir / "venv"
+    skip = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", ".*_cache")
+    shutil.copytree(ROOT, source, ignore=skip)
+    for command in (
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(venv / "bin" / "pip"), "install", "-q", str(source)],  # compiles the bytecode too
+    ):
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BenchError(f"installing the scanner failed: {shlex.join(command)}: {done.stderr[-2000:]}")
+    return str(venv / "bin" / "clair-scan")
+
+
+def scan(ctx: Context, image: BenchImage, *extra: str) -> ScanRun:
     """`clair-scan scan` as users run it. Its peak RSS comes from wait4(2) (ru_maxrss, KiB on
     Linux). Output goes to files: a pipe nobody reads could stall the child."""
-    command = [sys.executable, "-m", "scanner", "scan", image.tag, "--clair", clair_url, "--ip", ip]
+    client, workdir = ctx.client, ctx.workdir
+    command = [ctx.scanner, "scan", image.tag, "--clair", ctx.clair.url, "--ip", ctx.ip]
     command += ["--no-report", "--format", "json", *extra]
     # TMPDIR: the scanner's spool lands in our work dir, on the same disk as the floor's save,
     # and is removed with it even if the scanner is killed.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(workdir / "tmp")}
-    # An installed package has its bytecode compiled; some sandboxes forbid writing it, which
-    # would make every run recompile the scanner's sources.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = {**os.environ, "TMPDIR": str(workdir / "tmp")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as on users' machines
     out_path, err_path = workdir / "scan.out", workdir / "scan.err"
     since = time.time()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -406,6 +422,7 @@ class Context:
     ip: str
     workdir: Path
     runs: int
+    scanner: str  # the installed console script
 
 
 def measure(ctx: Context, image: BenchImage, samples: Samples) -> None:
@@ -426,12 +443,12 @@ def measure(ctx: Context, image: BenchImage, samples: Samples) -> None:
 
         ctx.clair.forget(image.chain_ids[0])  # cascades: Clair now lacks every layer of the image
         settle()
-        cold = scan(ctx.client, image, ctx.clair.url, ctx.ip, ctx.workdir)
+        cold = scan(ctx, image)
         if cold.layers_sent != image.layers:
             raise BenchError(f"{image.name}: the cold scan sent {cold.layers_sent} of {image.layers} layers")
         samples.cold.append(cold)
         settle()
-        samples.rescan.append(scan(ctx.client, image, ctx.clair.url, ctx.ip, ctx.workdir))
+        samples.rescan.append(scan(ctx, image))
 
 
 def measure_overlap(ctx: Context, image: BenchImage, samples: Samples) -> None:
@@ -439,7 +456,7 @@ def measure_overlap(ctx: Context, image: BenchImage, samples: Samples) -> None:
     was still streaming. Untimed, so the log's writes cost the timed runs nothing."""
     ctx.clair.forget(image.chain_ids[0])
     log_path = ctx.workdir / "overlap.log"
-    scan(ctx.client, image, ctx.clair.url, ctx.ip, ctx.workdir, "--log", str(log_path))
+    scan(ctx, image, "--log", str(log_path))
     lines = log_path.read_text().splitlines()
     log_path.unlink()
     # Each line starts with its time, "YYYY-MM-DD HH:MM:SS,mmm": as text they sort as times.
@@ -457,7 +474,7 @@ def measure_sibling(ctx: Context, sibling: BenchImage, samples: Samples) -> None
         progress(f"{sibling.name} after five-layer: run {run}/{ctx.runs}")
         ctx.clair.forget(sibling.chain_ids[-1])
         settle()
-        samples.sibling.append(scan(ctx.client, sibling, ctx.clair.url, ctx.ip, ctx.workdir))
+        samples.sibling.append(scan(ctx, sibling))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -688,7 +705,8 @@ def run(args: argparse.Namespace) -> list[str]:
                     clair.forget(image.chain_ids[0])
 
         server = stack.enter_context(LayerServer(args.ip))
-        ctx = Context(client, clair, server, args.ip, workdir, args.runs)
+        progress("installing clair-scan into a venv of its own")
+        ctx = Context(client, clair, server, args.ip, workdir, args.runs, install_scanner(workdir))
         results = {name: Samples() for name in images}
         measure(ctx, images["one-layer"], results["one-layer"])
         measure(ctx, images["five-layer"], results["five-layer"])
@@ -713,8 +731,6 @@ def run(args: argparse.Namespace) -> list[str]:
 
 def main() -> int:
     args = parse_args(sys.argv[1:])
-    # As `pip install` does: the scanner's bytecode is compiled before it is timed.
-    compileall.compile_dir(str(ROOT / "scanner"), quiet=1)
     try:
         lines = run(args)
     except KeyboardInterrupt:
