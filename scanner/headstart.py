@@ -103,37 +103,39 @@ def scan_request(argv: list[str], environ: dict[str, str]) -> tuple[str, str] | 
     return images[0], clair
 
 
-def begin(argv: list[str], environ: dict[str, str]) -> None:
-    """Start the export of the scan's first image if Clair lacks it (see the module's docstring)."""
+def begin(argv: list[str], environ: dict[str, str]) -> bool:
+    """Start the export of the scan's first image if Clair lacks it (see the module's docstring).
+    True if argv is a scan of an engine image, whether or not an export had to start."""
     global _started
     request = scan_request(argv, environ)
     engine = plain_docker_endpoint(environ)
     if request is None or engine is None:
-        return
+        return request is not None
     ref, clair = request
     try:
         clair_url = normalize_url(clair)
         parts = urlsplit(clair_url)
         if parts.scheme != "http" or parts.username or parts.password:
-            return
+            return True
         engine_host = "localhost" if isinstance(engine, str) else f"{engine[0]}:{engine[1]}"
         deadline = time.monotonic() + TIMEOUT
         inspect = f"/images/{quote(ref, safe='/:')}/json"
         status, body = _get(_connect(engine, deadline), engine_host, inspect, deadline)
         if status != 200:
-            return
+            return True
         attrs = json.loads(body)
         image_id, diff_ids = attrs["Id"], attrs["RootFS"]["Layers"]
         top = chain_ids(diff_ids)[-1]
         clair_sock = _connect((parts.hostname, parts.port), deadline)  # type: ignore[arg-type]
         if _get(clair_sock, parts.netloc, f"{parts.path}/v1/layers/{top}", deadline)[0] != 404:
-            return  # held (a rescan: nothing to export), or an answer the normal path should see
+            return True  # held (a rescan: nothing to export), or an answer the normal path should see
         sock = _connect(engine, deadline)
         sock.sendall(_request(engine_host, f"/images/{quote(image_id, safe=':')}/get"))
         sock.settimeout(None)  # the pipeline reads the stream with its own deadline
         _started = HeadStart(ref, image_id, clair_url, sock)
     except (OSError, ValueError, KeyError, TypeError, IndexError, ScanError):
-        return
+        pass
+    return True
 
 
 def claim(ref: str, clair_url: str | None) -> HeadStart | None:

@@ -136,12 +136,13 @@ def test_an_unclaimed_head_start_is_closed_by_the_next_claim(clair, load_image):
 def test_no_head_start_when_clair_does_not_answer_as_expected(clair, load_image):
     image = load_image(debian_image_layers())
     clair.fail_next(500, method="GET")
-    headstart.begin(["scan", image.tag, "--clair", clair.url], {})
+    assert headstart.begin(["scan", image.tag, "--clair", clair.url], {})  # a scan, all the same
     assert headstart._started is None  # an error answer is left to the normal path to report
     headstart.begin(["scan", "clair-scan-test/no-such-image:1", "--clair", clair.url], {})
     assert headstart._started is None
     headstart.begin(["scan", image.tag, "--clair", "http://user:secret@127.0.0.1:1"], {})
     assert headstart._started is None
+    assert not headstart.begin(["status", "--clair", clair.url], {})
 
 
 def test_the_engine_refusing_the_save_is_a_docker_error(docker_client):
