@@ -14,8 +14,8 @@ def main() -> None:
     if headstart.begin(sys.argv[1:], dict(os.environ)):
         # The scan needs the docker SDK: load it here, near the bottom of the call stack. Loaded
         # deep under Typer's frames, urllib3's regex compilation can straddle a 16 KiB chunk of
-        # CPython 3.11's frame stack, allocating and freeing it thousands of times (strace -c:
-        # 6,000 mmap calls instead of 800, ~25 ms a scan).
+        # CPython 3.11's frame stack, allocating and freeing it thousands of times (strace -c of
+        # a rescan: 6,014 mmap calls, 220 with this import; 191 ms against 157 ms).
         from . import image  # noqa: F401
 
     from . import cli
