@@ -132,25 +132,27 @@ class _Spool:
         self._chunks: Iterator[bytes] = iter(chunks)
         self._out = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._in = open(path, "rb")  # noqa: SIM115
-        self.written = 0
+        self._written = 0
         self._pos = 0
         self._exhausted = False
         self.arrival = Arrival()
 
     def _fill(self, upto: int) -> None:
-        while self.written < upto and not self._exhausted:
+        while self._written < upto and not self._exhausted:
             chunk = next(self._chunks, None)
             if chunk is None:
                 self._exhausted = True
             else:
                 self._out.write(chunk)
                 self._out.flush()  # readers of the file (the layer server) may take it from here
-                self.written += len(chunk)
-                self.arrival.advance(self.written)
+                self._written += len(chunk)
+                self.arrival.advance(self._written)
 
-    def drain(self) -> None:
-        """Copy whatever the stream still holds (padding after the tar's end marker)."""
+    def drain(self) -> int:
+        """Copy whatever the stream still holds (padding after the tar's end marker); returns the
+        stream's length."""
         self._fill(1 << 62)
+        return self._written
 
     def read(self, size: int = -1) -> bytes:
         self._fill(1 << 62 if size < 0 else self._pos + size)
@@ -164,7 +166,7 @@ class _Spool:
             offset += self._pos
         elif whence == os.SEEK_END:
             self.drain()
-            offset += self.written
+            offset += self._written
         self._pos = offset
         return offset
 
@@ -326,8 +328,8 @@ def stream_save(
             for member in tar:
                 matcher.add(member, tar)
         if not stop.is_set():
-            spool.drain()  # read the stream to its end so the engine sees a complete transfer
-            log.debug("docker save stream ended after %d bytes", spool.written)
+            # Read the stream to its end so the engine sees a complete transfer.
+            log.debug("docker save stream ended after %d bytes", spool.drain())
             matcher.finish()
     except ScanError as exc:
         error = exc

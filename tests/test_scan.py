@@ -428,21 +428,14 @@ def test_a_save_that_breaks_while_clair_downloads_is_a_docker_error(clair, tmp_p
     from imagebuild import Filler
     from scanner import archive, pipeline
     from scanner.errors import DockerError
-    from scanner.models import Image
-    from scanner.models import Layer as ImageLayer
-    from scanner.names import chain_ids
 
     tarball = tmp_path / "save.tar"
     layers = [*debian_image_layers()[:1], Layer(files={"data/blob": Filler(4 << 20)})]
-    saved = write_docker_save(tarball, layers, layout="oci")
-    diff_ids = list(saved.diff_ids)
-    image = Image(
-        "broken:1",
-        saved.image_id,
-        tuple(ImageLayer(i, d, c) for i, (d, c) in enumerate(zip(diff_ids, chain_ids(diff_ids)))),
-    )
+    write_docker_save(tarball, layers, layout="oci")
+    (saved,) = archive.read_archive(str(tarball), str(tmp_path))  # the image as the scanner sees it
+    image = saved.image
     with tarfile.open(tarball) as tar:
-        member = tar.getmember("blobs/sha256/" + diff_ids[1].partition(":")[2])
+        member = tar.getmember("blobs/sha256/" + image.layers[1].diff_id.partition(":")[2])
     data = tarball.read_bytes()
 
     def chunks():
@@ -464,7 +457,7 @@ def test_a_save_that_breaks_while_clair_downloads_is_a_docker_error(clair, tmp_p
         thread.join(30)
 
     settings = pipeline.Settings(ip="127.0.0.1")
-    (outcome,) = pipeline.run([("broken:1", pipeline.Target(image, exported))], clair.url, settings, [None])
+    (outcome,) = pipeline.run([(image.name, pipeline.Target(image, exported))], clair.url, settings, [None])
     assert isinstance(outcome.error, DockerError), outcome
     assert "engine went away" in str(outcome.error)
     assert len(clair.downloads) == 2
