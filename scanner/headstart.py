@@ -19,11 +19,14 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from .errors import DockerError, ScanError
 from .names import chain_ids, normalize_url, plain_docker_endpoint
+
+if TYPE_CHECKING:
+    from .archive import SocketBody
 
 # The `scan` command's options, as the CLI declares them (a test keeps the two in step).
 VALUE_OPTIONS = frozenset(
@@ -50,18 +53,18 @@ class HeadStart:
         self.clair_url = clair_url
         self.sock = sock
 
-    def chunks(self, size: int) -> Iterator[bytes]:
+    def body(self) -> SocketBody:
         """The saved image as the engine streams it; a refusal raises DockerError."""
-        from http.client import HTTPResponse
+        from .archive import SocketBody
 
-        response = HTTPResponse(self.sock, method="GET")
-        response.begin()  # the engine answers once it has exported the whole image
-        if response.status != 200:
-            text = response.read(2000).decode("utf-8", "replace")
+        # The engine answers once it has exported the whole image.
+        status, reason, rest = _read_head(self.sock)
+        if status != 200:
+            text = _read_rest(self.sock, rest, 2000).decode("utf-8", "replace")
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 text = json.loads(text)["message"]
-            raise DockerError(f"docker save failed: {response.status} {response.reason}: {text}".strip())
-        return iter(lambda: response.read1(size), b"")
+            raise DockerError(f"docker save failed: {status} {reason}: {text}".strip())
+        return SocketBody(rest, self.sock)
 
     def close(self) -> None:
         # shutdown() also wakes a thread blocked reading the stream; the engine drops the export
@@ -172,13 +175,39 @@ def _request(host: str, path: str) -> bytes:
 def _get(sock: socket.socket, host: str, path: str, deadline: float) -> tuple[int, bytes]:
     """One GET on a fresh connection, read to its end: (status, body)."""
     with sock:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
         sock.sendall(_request(host, path))
-        data = bytearray()
-        while True:
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+        status, _, rest = _read_head(sock, deadline)
+        return status, _read_rest(sock, rest, 1 << 24, deadline)
+
+
+def _read_head(sock: socket.socket, deadline: float | None = None) -> tuple[int, str, bytes]:
+    """An HTTP response's status line and headers: (status, reason, body bytes that came along)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = _recv(sock, deadline)
+        if not chunk or len(data) > 1 << 16:
+            raise ConnectionError("the connection ended before the response's headers did")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    status, _, reason = status_line.partition(" ")[2].partition(" ")
+    if not status.isdigit():
+        raise ConnectionError(f"not an HTTP response: {status_line[:80]!r}")
+    return int(status), reason, rest
+
+
+def _read_rest(sock: socket.socket, data: bytes, limit: int, deadline: float | None = None) -> bytes:
+    """The body up to `limit` bytes, read until the peer closes the connection."""
+    while len(data) < limit:
+        chunk = _recv(sock, deadline)
+        if not chunk:
+            break
+        data += chunk
+    return data[:limit]
+
+
+def _recv(sock: socket.socket, deadline: float | None) -> bytes:
+    if deadline is not None:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    return sock.recv(65536)

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from http.client import HTTPException
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,7 @@ from .names import chain_ids
 from .threads import start_daemon
 
 if TYPE_CHECKING:
-    from .archive import LayerFiles
+    from .archive import LayerFiles, SocketBody
     from .headstart import HeadStart
 
 log = logging.getLogger(__name__)
@@ -95,16 +95,16 @@ def exported(
         try:
             if started is not None and started.image_id == image.id:
                 log.debug("docker save of %s: using the head start's request", image.name)
-                chunks = started.chunks(CHUNK)
+                source: Iterable[bytes] | SocketBody = started.body()
             else:
-                chunks = client.api.get_image(image.id, chunk_size=CHUNK)
+                source = client.api.get_image(image.id, chunk_size=CHUNK)
         except ScanError as exc:
             files.finish(exc)
             return
         except (docker.errors.DockerException, requests.RequestException, OSError, HTTPException) as exc:
             files.finish(DockerError(f"docker save of {image.name} failed: {first_line(exc)}"))
             return
-        stream_save(chunks, image, spool, files, stop)
+        stream_save(source, image, spool, files, stop)
 
     thread = start_daemon(run, "docker-save")
     try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import os
 import shutil
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,6 +146,58 @@ def test_stream_stops_when_asked(tmp_path):
     assert len(consumed) <= 5
     with pytest.raises(DockerError):
         files.wait(len(image.layers) - 1, 1)
+
+
+def _socket_body(data: bytes, head: int, cut: int | None = None) -> archive.SocketBody:
+    """`data` as a response body: its first `head` bytes already received, the rest arriving on a
+    real socket in small writes, the connection closed after `cut` bytes if given."""
+    ours, theirs = socket.socketpair()
+
+    def send() -> None:
+        # The reader may hang up first (a stopped save): the engine then sees a broken pipe.
+        with theirs, contextlib.suppress(OSError):
+            end = len(data) if cut is None else cut
+            for start in range(head, end, 4096):
+                theirs.sendall(data[start : min(start + 4096, end)])
+
+    threading.Thread(target=send, daemon=True).start()
+    return archive.SocketBody(data[:head], ours)
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "recv"])
+def test_stream_from_a_socket_lands_whole_in_the_spool(tmp_path, monkeypatch, splice):
+    if not splice:
+        monkeypatch.delattr(os, "splice")  # as on systems without splice(2)
+    tarball = tmp_path / "save.tar"
+    saved = write_docker_save(tarball, _layers(), layout="classic")
+    image = _image(saved)
+    body = _socket_body(tarball.read_bytes(), head=1000)
+    files = archive.LayerFiles(len(image.layers))
+    with body.sock:
+        archive.stream_save(body, image, str(tmp_path / "spool.tar"), files, threading.Event())
+    for layer in image.layers:
+        assert _sha(files.wait(layer.index, 1)) == layer.diff_id
+    assert (tmp_path / "spool.tar").read_bytes() == tarball.read_bytes()
+
+
+def test_socket_stream_cut_short_or_stopped_publishes_no_whole_image(tmp_path):
+    tarball = tmp_path / "save.tar"
+    saved = write_docker_save(tarball, _layers(), layout="classic")
+    image = _image(saved)
+    data = tarball.read_bytes()
+    for stop_now in (False, True):
+        body = _socket_body(data, head=512, cut=len(data) // 2)
+        files = archive.LayerFiles(len(image.layers))
+        stop = threading.Event()
+        if stop_now:
+            stop.set()
+        with body.sock:
+            archive.stream_save(body, image, str(tmp_path / "spool.tar"), files, stop)
+        with pytest.raises(DockerError):
+            for layer in image.layers:
+                files.wait(layer.index, 1)
+        # Stopped, it reads nothing at all; cut short, it reads to the cut.
+        assert (tmp_path / "spool.tar").stat().st_size == (0 if stop_now else len(data) // 2)
 
 
 @pytest.mark.parametrize("gzip_layers", [False, True], ids=["tar", "gzip-layers"])

@@ -153,7 +153,7 @@ def test_the_engine_refusing_the_save_is_a_docker_error(docker_client):
     started = headstart.HeadStart("gone", "sha256:" + "0" * 64, URL, sock)
     try:
         with pytest.raises(DockerError, match=r"docker save failed: [45]\d\d .*0000000000") as raised:
-            started.chunks(1 << 20)
+            started.body()
         assert "{" not in str(raised.value)  # the engine's message, not its JSON
     finally:
         started.close()
