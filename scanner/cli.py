@@ -333,7 +333,7 @@ def _scan(
         clair_url = normalize_url(clair) if clair is not None else None
         head = headstart.claim(images[0] if images else "", clair_url)
         if head is not None:
-            stack.callback(head.close)
+            stack.callback(head.save.close)
         # Resolve the images first: a typo must not cost an appliance start-up.
         targets = pipeline.docker_targets(images, head) + pipeline.archive_targets(archives, stack)
         names = [name for name, _ in targets]

@@ -11,6 +11,10 @@ claims the response instead of asking again. A rescan sends nothing.
 Anything unusual (TLS or ssh to the engine, credentials in Clair's URL, an option it does not
 know, any error, a slow answer) means no head start. The scan then takes its normal way, which
 also reports the errors properly.
+
+Every save from an engine reached without TLS or ssh, head start or not, is asked for the same
+way (`send_save`): over HTTP/1.0 on a connection of its own, so that the answer is not chunked
+and ends when the connection closes. Its bytes then go from the socket straight to the spool.
 """
 
 from __future__ import annotations
@@ -45,13 +49,11 @@ FLAG_OPTIONS = frozenset({"--ignore-unfixed", "--no-report", "--keep"})
 TIMEOUT = 2.0
 
 
-class HeadStart:
-    """A `docker save` request already sent: the socket its response will arrive on."""
+class SaveRequest:
+    """A `docker save` request sent: the connection its answer comes on."""
 
-    def __init__(self, ref: str, image_id: str, clair_url: str, sock: socket.socket) -> None:
-        self.ref = ref
+    def __init__(self, image_id: str, sock: socket.socket) -> None:
         self.image_id = image_id
-        self.clair_url = clair_url
         self.sock = sock
 
     def body(self) -> SocketBody:
@@ -77,6 +79,27 @@ class HeadStart:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+
+
+def send_save(engine: str | tuple[str, int], image_id: str, timeout: float) -> SaveRequest:
+    """Ask the engine (see names.plain_docker_endpoint) for `docker save` of one image."""
+    sock = _connect(engine, time.monotonic() + timeout)
+    try:
+        sock.sendall(_request(_engine_host(engine), f"/images/{quote(image_id, safe=':')}/get"))
+    except OSError:
+        sock.close()
+        raise
+    sock.settimeout(None)  # the pipeline reads the stream with its own deadline
+    return SaveRequest(image_id, sock)
+
+
+class HeadStart:
+    """The save `begin` sent, for the scan of `ref` against the Clair at `clair_url`."""
+
+    def __init__(self, ref: str, clair_url: str, save: SaveRequest) -> None:
+        self.ref = ref
+        self.clair_url = clair_url
+        self.save = save
 
 
 _started: HeadStart | None = None
@@ -125,10 +148,9 @@ def begin(argv: list[str], environ: dict[str, str]) -> bool:
         parts = urlsplit(clair_url)
         if parts.scheme != "http" or parts.username or parts.password:
             return True
-        engine_host = "localhost" if isinstance(engine, str) else f"{engine[0]}:{engine[1]}"
         deadline = time.monotonic() + TIMEOUT
         inspect = f"/images/{quote(ref, safe='/:')}/json"
-        status, body = _get(_connect(engine, deadline), engine_host, inspect, deadline)
+        status, body = _get(_connect(engine, deadline), _engine_host(engine), inspect, deadline)
         if status != 200:
             return True
         attrs = json.loads(body)
@@ -137,10 +159,7 @@ def begin(argv: list[str], environ: dict[str, str]) -> bool:
         clair_sock = _connect((parts.hostname, parts.port), deadline)  # type: ignore[arg-type]
         if _get(clair_sock, parts.netloc, f"{parts.path}/v1/layers/{top}", deadline)[0] != 404:
             return True  # held (a rescan: nothing to export), or an answer the normal path should see
-        sock = _connect(engine, deadline)
-        sock.sendall(_request(engine_host, f"/images/{quote(image_id, safe=':')}/get"))
-        sock.settimeout(None)  # the pipeline reads the stream with its own deadline
-        _started = HeadStart(ref, image_id, clair_url, sock)
+        _started = HeadStart(ref, clair_url, send_save(engine, image_id, TIMEOUT))
     except (OSError, ValueError, KeyError, TypeError, IndexError, ScanError):
         pass
     return True
@@ -152,8 +171,12 @@ def claim(ref: str, clair_url: str | None) -> HeadStart | None:
     started, _started = _started, None
     if started is None or (started.ref, started.clair_url) == (ref, clair_url):
         return started
-    started.close()
+    started.save.close()
     return None
+
+
+def _engine_host(engine: str | tuple[str, int]) -> str:
+    return "localhost" if isinstance(engine, str) else f"{engine[0]}:{engine[1]}"
 
 
 def _connect(engine: str | tuple[str, int], deadline: float) -> socket.socket:

@@ -17,14 +17,17 @@ import requests
 
 from .errors import DockerError, ScanError, UsageError, first_line
 from .models import Image, Layer
-from .names import chain_ids
+from .names import chain_ids, plain_docker_endpoint
 from .threads import start_daemon
 
 if TYPE_CHECKING:
     from .archive import LayerFiles, SocketBody
-    from .headstart import HeadStart
+    from .headstart import SaveRequest
 
 log = logging.getLogger(__name__)
+
+# Connecting to a local engine takes microseconds; one that takes this long is not answering.
+CONNECT_TIMEOUT = 30.0
 
 
 def connect() -> Any:
@@ -80,7 +83,7 @@ def created_by_from_history(history: list[dict[str, Any]], count: int) -> list[s
 
 @contextmanager
 def exported(
-    client: Any, image: Image, workdir: str, started: HeadStart | None = None
+    client: Any, image: Image, workdir: str, started: SaveRequest | None = None
 ) -> Iterator[LayerFiles]:
     """Stream `docker save` of the image into a spool file in `workdir`, in the background. The
     yielded LayerFiles hands out each layer as soon as its bytes are on disk. A save the head
@@ -90,12 +93,16 @@ def exported(
     files = LayerFiles(len(image.layers))
     stop = threading.Event()
     spool = os.path.join(workdir, image.id.replace(":", "-") + ".tar")
+    if started is not None and started.image_id == image.id:
+        log.debug("docker save of %s: using the head start's request", image.name)
+        request: SaveRequest | None = started
+    else:
+        request = _send_save(image)
 
     def run() -> None:
         try:
-            if started is not None and started.image_id == image.id:
-                log.debug("docker save of %s: using the head start's request", image.name)
-                source: Iterable[bytes] | SocketBody = started.body()
+            if request is not None:
+                source: Iterable[bytes] | SocketBody = request.body()
             else:
                 source = client.api.get_image(image.id, chunk_size=CHUNK)
         except ScanError as exc:
@@ -111,10 +118,24 @@ def exported(
         yield files
     finally:
         stop.set()
-        if started is not None:
-            started.close()  # unblocks the thread if it still waits for the engine
+        if request is not None:
+            request.close()  # unblocks the thread if it still waits for the engine
         # The thread notices `stop` at its next chunk; a stalled engine must not hold up cleanup.
         thread.join(timeout=1.0)
         # Scanning several images, each spool goes as soon as its image is done.
         with contextlib.suppress(OSError):
             os.unlink(spool)
+
+
+def _send_save(image: Image) -> SaveRequest | None:
+    """The save asked for on a connection of its own (headstart.send_save), so that it can be
+    spliced into the spool; None for an engine behind TLS or ssh, which the docker SDK reaches."""
+    from .headstart import send_save
+
+    engine = plain_docker_endpoint(dict(os.environ))
+    if engine is None:
+        return None
+    try:
+        return send_save(engine, image.id, CONNECT_TIMEOUT)
+    except OSError as exc:
+        raise DockerError(f"docker save of {image.name} failed: {first_line(exc)}") from None

@@ -19,7 +19,7 @@ from .threads import start_daemon
 
 if TYPE_CHECKING:
     from . import archive
-    from .headstart import HeadStart
+    from .headstart import HeadStart, SaveRequest
     from .layerserver import LayerServer
 
 log = logging.getLogger(__name__)
@@ -210,10 +210,10 @@ def docker_targets(refs: list[str], head: HeadStart | None = None) -> list[Pendi
             continue
         started = None
         if head is not None and head.ref == ref:
-            started, head = head, None  # its one response serves one export
+            started, head = head.save, None  # its one response serves one export
 
         def export(
-            workdir: str, img: Image = img, started: HeadStart | None = started
+            workdir: str, img: Image = img, started: SaveRequest | None = started
         ) -> AbstractContextManager[archive.LayerFiles]:
             return image.exported(client, img, workdir, started)
 

@@ -120,7 +120,7 @@ def test_a_head_start_for_an_image_whose_tag_moved_is_dropped(
     assert scanned["image_id"] == docker_client.api.inspect_image(second.tag)["Id"]
     assert scanned["layers"] == len(second.saved.diff_ids)
     assert "head start" not in log.read_text()
-    assert started.sock.fileno() == -1  # closed: the engine stops the stale export
+    assert started.save.sock.fileno() == -1  # closed: the engine stops the stale export
     assert headstart._started is None
 
 
@@ -130,7 +130,7 @@ def test_an_unclaimed_head_start_is_closed_by_the_next_claim(clair, load_image):
     started = headstart._started
     assert started is not None
     assert headstart.claim(image.tag, "http://elsewhere:6060") is None
-    assert started.sock.fileno() == -1
+    assert started.save.sock.fileno() == -1
 
 
 def test_no_head_start_when_clair_does_not_answer_as_expected(clair, load_image):
@@ -148,15 +148,13 @@ def test_no_head_start_when_clair_does_not_answer_as_expected(clair, load_image)
 def test_the_engine_refusing_the_save_is_a_docker_error(docker_client):
     engine = plain_docker_endpoint({})
     assert engine is not None
-    sock = headstart._connect(engine, time.monotonic() + 5)
-    sock.sendall(headstart._request("localhost", "/images/sha256:" + "0" * 64 + "/get"))
-    started = headstart.HeadStart("gone", "sha256:" + "0" * 64, URL, sock)
+    save = headstart.send_save(engine, "sha256:" + "0" * 64, 5)
     try:
         with pytest.raises(DockerError, match=r"docker save failed: [45]\d\d .*0000000000") as raised:
-            started.body()
+            save.body()
         assert "{" not in str(raised.value)  # the engine's message, not its JSON
     finally:
-        started.close()
+        save.close()
 
 
 def test_ctrl_c_while_the_head_start_waits_ends_cleanly(clair, load_image, tmp_path, private_tmp):

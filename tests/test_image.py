@@ -1,0 +1,51 @@
+"""The image stage against a real engine: layers from the image config, and the export, by both of
+its routes (a connection of its own for a plain engine, the docker SDK for TLS or ssh)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from conftest import debian_image_layers
+from imagebuild import Filler, Layer
+from scanner import headstart, image
+from scanner.errors import DockerError
+
+
+def _sha(blob) -> str:
+    with open(blob.path, "rb") as handle:
+        handle.seek(blob.offset)
+        return "sha256:" + hashlib.sha256(handle.read(blob.size)).hexdigest()
+
+
+@pytest.mark.parametrize("route", ["own connection", "docker SDK"])
+def test_export_hands_out_every_layer_whole(load_image, docker_client, tmp_path, monkeypatch, route):
+    sent: list[str] = []
+    if route == "docker SDK":
+        monkeypatch.setattr(image, "plain_docker_endpoint", lambda environ: None)  # as for TLS or ssh
+    else:
+        send_save = headstart.send_save
+        monkeypatch.setattr(headstart, "send_save", lambda *a: sent.append(a[1]) or send_save(*a))
+    loaded = load_image([*debian_image_layers(), Layer(files={"data/blob": Filler(3 << 20)})])
+    img = image.inspect(docker_client, loaded.tag)
+    assert [layer.diff_id for layer in img.layers] == list(loaded.saved.diff_ids)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with image.exported(docker_client, img, str(workdir)) as files:
+        for layer in img.layers:
+            blob = files.wait(layer.index, 60)
+            blob.available(blob.size - 1)  # waits until the whole layer is on disk
+            assert _sha(blob) == layer.diff_id
+    assert sent == ([img.id] if route == "own connection" else [])
+    assert os.listdir(workdir) == []  # the spool went with the export
+
+
+def test_export_of_an_image_the_engine_lost_is_a_docker_error(load_image, docker_client, tmp_path):
+    loaded = load_image(debian_image_layers()[:1])
+    img = image.inspect(docker_client, loaded.tag)
+    docker_client.images.remove(loaded.tag, force=True)
+    with image.exported(docker_client, img, str(tmp_path)) as files, pytest.raises(DockerError) as raised:
+        files.wait(0, 60)
+    assert "docker save failed" in str(raised.value)
