@@ -369,6 +369,35 @@ def test_ctrl_c_or_sigterm_mid_scan_leaves_nothing(clair, load_image, tmp_path, 
     assert not _listening(layer_port)
 
 
+def test_ctrl_c_while_the_findings_are_read_leaves_nothing(clair, load_image, tmp_path):
+    image = load_image(debian_image_layers()[:1])
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    clair.delay(2.0, method="POST", path="/v1/layers")  # time to make the findings' GET hang
+    process = start_process(_scan_args(clair, image.tag), work, tmp)
+    deadline = time.monotonic() + 60
+    while not any(r.method == "POST" for r in clair.requests) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    clair.hang(method="GET")
+
+    def findings_asked() -> bool:
+        methods = [r.method for r in clair.requests]
+        return "POST" in methods and "GET" in methods[methods.index("POST") :]
+
+    while not findings_asked() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert findings_asked(), "the scan never asked for the findings"
+    # The export is being ended and its spool removed in the background meanwhile.
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert list(tmp.iterdir()) == []
+    assert list(work.iterdir()) == []
+
+
 def test_ctrl_c_in_process_exits_130(clair, load_image, tmp_path, private_tmp):
     image = load_image(debian_image_layers())
     clair.hang(method="POST", path="/v1/layers")
