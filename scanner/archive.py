@@ -151,9 +151,10 @@ class _ChunkCopier:
 
 
 class _SocketCopier:
-    """Moves a socket's bytes into the file by splice(2), through a pipe, never through Python:
-    a 100 MB save streams in ~0.05 s instead of ~0.09 s, and leaves the CPU to Clair, which
-    indexes alongside. Where there is no splice (not Linux), it reads and writes."""
+    """Moves a socket's bytes into the file by splice(2), through a pipe, never through Python.
+    Alone that is no faster than reading and writing, but in a scan, where Clair indexes
+    alongside on the same CPUs, a 100 MB stream took 70 ms instead of 89 ms. Where there is no
+    splice (not Linux), it reads and writes."""
 
     def __init__(self, body: SocketBody) -> None:
         self._head = body.head
