@@ -15,7 +15,6 @@ from . import findings, image, report, whitelist
 from .clair import ClairClient, Deadline
 from .errors import ClairError, ScanError
 from .models import Analysis, Image, ImageResult, Severity
-from .threads import start_daemon
 
 if TYPE_CHECKING:
     from . import archive
@@ -97,11 +96,6 @@ class _Resources:
             self._workdir = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="clair-scan-"))
         return self._workdir
 
-    def close_later(self, stack: ExitStack) -> None:
-        """Close `stack` in a thread of its own; the run waits for it before its temp dir goes."""
-        thread = start_daemon(stack.close, "cleanup")
-        self._stack.callback(thread.join)
-
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
@@ -130,8 +124,7 @@ def analyze(
         # 2. Export the image once and send Clair only the layers it lacks, parents first, each
         #    as soon as the export has written it. The export starts first: the engine takes a
         #    while before it sends anything, and asking Clair what it holds fits in that time.
-        with ExitStack() as export:
-            files = export.enter_context(target.layer_files(resources.workdir()))
+        with target.layer_files(resources.workdir()) as files:
             first = _first_missing(clair, img, deadline)
             total = len(img.layers) - first
             observer.status(img.name, f"exporting and indexing {total} of {len(img.layers)} layers")
@@ -151,9 +144,6 @@ def analyze(
                     server.withdraw(layer.chain_id)
                 sent += 1
                 observer.layers(img.name, sent, total)
-            # Clair holds every layer now. Ending the export and removing its spool (~10 ms for
-            # 100 MB, ten times that for 1 GB) can go on while the findings are read.
-            resources.close_later(export.pop_all())
         observer.status(img.name, "reading findings")
         top = clair.layer(img.top.chain_id, deadline)
         if top is None:

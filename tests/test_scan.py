@@ -389,7 +389,6 @@ def test_ctrl_c_while_the_findings_are_read_leaves_nothing(clair, load_image, tm
     while not findings_asked() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert findings_asked(), "the scan never asked for the findings"
-    # The export is being ended and its spool removed in the background meanwhile.
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
