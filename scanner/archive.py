@@ -167,7 +167,9 @@ class _SocketCopier:
             _write_all(fd, head)
             return len(head)
         if not hasattr(os, "splice"):
-            return _ChunkCopier([self._recv()]).pull(fd)
+            data = self._recv()
+            _write_all(fd, data)
+            return len(data)
         if self._pipe is None:
             import fcntl  # Linux only, as splice is
 

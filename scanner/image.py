@@ -8,7 +8,6 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from http.client import HTTPException
 from typing import TYPE_CHECKING, Any
 
 import docker
@@ -108,7 +107,7 @@ def exported(
         except ScanError as exc:
             files.finish(exc)
             return
-        except (docker.errors.DockerException, requests.RequestException, OSError, HTTPException) as exc:
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
             files.finish(DockerError(f"docker save of {image.name} failed: {first_line(exc)}"))
             return
         stream_save(source, image, spool, files, stop)
