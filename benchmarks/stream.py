@@ -40,7 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from bench import MB, debian_base  # noqa: E402
 
 from imagebuild import ImageSpec, docker_load, remove_images, write_images, write_layer  # noqa: E402
-from scanner import archive, headstart, image  # noqa: E402
+from scanner import archive, dockerapi, image  # noqa: E402
 from scanner.names import plain_docker_endpoint  # noqa: E402
 
 ROUTES = ("sdk", "recv", "splice")
@@ -79,7 +79,7 @@ def read_once(client: Any, img: Any, route: str, workdir: str) -> tuple[float, f
         engine = plain_docker_endpoint(dict(os.environ))
         if engine is None:
             raise SystemExit("the engine is behind TLS or ssh: only the sdk route applies")
-        request = headstart.send_save(engine, img.id, 30)
+        request = dockerapi.send_save(engine, img.id, 30)
         body = request.body()  # returns once the engine sends its answer's head
         first.at = time.perf_counter()
         source = body
@@ -118,7 +118,7 @@ def main() -> int:
             docker_load(client, archive_path)
             archive_path.unlink()
             Path(workdir, "l.tar").unlink()
-            img = image.inspect(client, tag)
+            img = image.inspect(image.Engine(), tag)
             for run in range(args.runs):
                 print(f"[stream] run {run + 1}/{args.runs}", file=sys.stderr, flush=True)
                 order = ROUTES if run % 2 == 0 else ROUTES[::-1]

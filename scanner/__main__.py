@@ -11,13 +11,7 @@ def main() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     from . import headstart
 
-    if headstart.begin(sys.argv[1:], dict(os.environ)):
-        # The scan needs the docker SDK: load it here, near the bottom of the call stack. Loaded
-        # deep under Typer's frames, urllib3's regex compilation can straddle a 16 KiB chunk of
-        # CPython 3.11's frame stack, allocating and freeing it thousands of times (strace -c of
-        # a rescan: 6,014 mmap calls, 220 with this import; 191 ms against 157 ms).
-        from . import image  # noqa: F401
-
+    headstart.begin(sys.argv[1:], dict(os.environ))
     from . import cli
 
     cli.main()

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
-import docker
-import docker.errors
-import requests
-
+from . import dockerapi
 from .errors import DockerError, ScanError, UsageError, first_line
 from .models import Image, Layer
 from .names import chain_ids, plain_docker_endpoint
@@ -21,43 +21,101 @@ from .threads import start_daemon
 
 if TYPE_CHECKING:
     from .archive import LayerFiles, SocketBody
-    from .headstart import SaveRequest
+    from .dockerapi import SaveRequest
 
 log = logging.getLogger(__name__)
 
-# Connecting to a local engine takes microseconds; one that takes this long is not answering.
-CONNECT_TIMEOUT = 30.0
+# The docker SDK's default: an engine that takes longer to answer one request is not answering.
+TIMEOUT = 60.0
 
 
 def connect() -> Any:
     """A docker SDK client from the environment (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH)."""
+    import docker
+    import requests
+
     try:
         # Negotiating the API version is a request: it proves the engine answers.
         client = docker.from_env()
     except (docker.errors.DockerException, requests.RequestException) as exc:
-        where = os.environ.get("DOCKER_HOST") or "the local socket"
-        raise DockerError(
-            f"cannot reach the Docker engine at {where}: {first_line(exc)}",
-            hint="is the Docker daemon running and is DOCKER_HOST right?",
-        ) from None
+        raise _unreachable(os.environ, exc) from None
     return client
 
 
-def inspect(client: Any, ref: str) -> Image:
+def _unreachable(environ: Mapping[str, str], exc: BaseException) -> DockerError:
+    where = environ.get("DOCKER_HOST") or "the local socket"
+    return DockerError(
+        f"cannot reach the Docker engine at {where}: {first_line(exc)}",
+        hint="is the Docker daemon running and is DOCKER_HOST right?",
+    )
+
+
+class Engine:
+    """The engine the scan reads images from, as the docker SDK's from_env() finds it. One reached
+    without TLS or ssh is asked with the standard library (see dockerapi.py); only the others load
+    the docker SDK, on first use."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = dict(os.environ if environ is None else environ)
+        self.address = plain_docker_endpoint(self._environ)
+        self._client: Any = None
+
+    def check(self) -> None:
+        """Raise DockerError unless the engine answers: then no image can be scanned."""
+        if self.address is None:
+            self.client()  # negotiating the API version asks the engine
+        elif self.get("/_ping")[0] != 200:
+            raise _unreachable(self._environ, ConnectionError("it does not answer /_ping"))
+
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = connect()
+        return self._client
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """GET an API path: (status, body)."""
+        if self.address is not None:
+            try:
+                return dockerapi.get(self.address, path, time.monotonic() + TIMEOUT)
+            except OSError as exc:
+                raise _unreachable(self._environ, exc) from None
+        import requests
+
+        api = self.client().api
+        try:
+            response = api.get(f"{api.base_url}/v{api.api_version}{path}", timeout=TIMEOUT)
+        except requests.RequestException as exc:
+            raise _unreachable(self._environ, exc) from None
+        return response.status_code, response.content
+
+    def send_save(self, image: Image) -> SaveRequest | None:
+        """The save asked for on a connection of its own (dockerapi.send_save), so that it can be
+        spliced into the spool; None for an engine the docker SDK reaches (see save_chunks)."""
+        if self.address is None:
+            return None
+        try:
+            return dockerapi.send_save(self.address, image.id, TIMEOUT)
+        except OSError as exc:
+            raise _save_failed(image, exc) from None
+
+    def save_chunks(self, image: Image) -> Iterable[bytes]:
+        """The save as the docker SDK streams it (chunked, decoded in Python)."""
+        import docker
+        import requests
+
+        from .archive import CHUNK
+
+        try:
+            chunks: Iterable[bytes] = self.client().api.get_image(image.id, chunk_size=CHUNK)
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise _save_failed(image, exc) from None
+        return chunks
+
+
+def inspect(engine: Engine, ref: str) -> Image:
     """The image's layers from its config: no export needed to know what Clair should hold."""
-    try:
-        attrs = client.api.inspect_image(ref)
-        history = client.api.history(attrs["Id"])
-    except docker.errors.ImageNotFound:
-        raise UsageError(
-            f"image not found: {ref}", hint="build or pull it first, or scan a tarball with --archive"
-        ) from None
-    except docker.errors.APIError as exc:
-        if exc.status_code is not None and 400 <= exc.status_code < 500:
-            raise UsageError(f"cannot use image {ref!r}: {first_line(exc)}") from None
-        raise DockerError(f"Docker could not inspect {ref}: {first_line(exc)}") from None
-    except (docker.errors.DockerException, requests.RequestException) as exc:
-        raise DockerError(f"Docker could not inspect {ref}: {first_line(exc)}") from None
+    attrs = _image_json(engine, ref, f"/images/{quote(ref, safe='/:')}/json")
+    history = _image_json(engine, ref, f"/images/{quote(attrs['Id'], safe=':')}/history")
     diff_ids = list(attrs.get("RootFS", {}).get("Layers") or [])
     if not diff_ids:
         raise UsageError(f"image {ref} has no layers to scan")
@@ -67,6 +125,22 @@ def inspect(client: Any, ref: str) -> Image:
         for i, (d, c) in enumerate(zip(diff_ids, chain_ids(diff_ids), strict=True))
     )
     return Image(name=ref, id=attrs["Id"], layers=layers, digests=tuple(attrs.get("RepoDigests") or ()))
+
+
+def _image_json(engine: Engine, ref: str, path: str) -> Any:
+    status, body = engine.get(path)
+    if status == 404:
+        raise UsageError(
+            f"image not found: {ref}", hint="build or pull it first, or scan a tarball with --archive"
+        )
+    if 400 <= status < 500:
+        raise UsageError(f"cannot use image {ref!r}: {dockerapi.message(body)}")
+    if status != 200:
+        raise DockerError(f"Docker could not inspect {ref}: {status} {dockerapi.message(body)}")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise DockerError(f"Docker answered the inspection of {ref} with a body that is not JSON") from None
 
 
 def created_by_from_history(history: list[dict[str, Any]], count: int) -> list[str]:
@@ -82,12 +156,12 @@ def created_by_from_history(history: list[dict[str, Any]], count: int) -> list[s
 
 @contextmanager
 def exported(
-    client: Any, image: Image, workdir: str, started: SaveRequest | None = None
+    engine: Engine, image: Image, workdir: str, started: SaveRequest | None = None
 ) -> Iterator[LayerFiles]:
     """Stream `docker save` of the image into a spool file in `workdir`, in the background. The
     yielded LayerFiles hands out each layer as soon as its bytes are on disk. A save the head
     start already asked for is used if it is of this very image (the tag may have moved since)."""
-    from .archive import CHUNK, LayerFiles, stream_save
+    from .archive import LayerFiles, stream_save
 
     files = LayerFiles(len(image.layers))
     stop = threading.Event()
@@ -96,19 +170,17 @@ def exported(
         log.debug("docker save of %s: using the head start's request", image.name)
         request: SaveRequest | None = started
     else:
-        request = _send_save(image)
+        request = engine.send_save(image)
 
     def run() -> None:
         try:
-            if request is not None:
-                source: Iterable[bytes] | SocketBody = request.body()
-            else:
-                source = client.api.get_image(image.id, chunk_size=CHUNK)
+            source: Iterable[bytes] | SocketBody
+            source = request.body() if request is not None else engine.save_chunks(image)
         except ScanError as exc:
             files.finish(exc)
             return
-        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-            files.finish(DockerError(f"docker save of {image.name} failed: {first_line(exc)}"))
+        except OSError as exc:
+            files.finish(_save_failed(image, exc))
             return
         stream_save(source, image, spool, files, stop)
 
@@ -126,15 +198,5 @@ def exported(
             os.unlink(spool)
 
 
-def _send_save(image: Image) -> SaveRequest | None:
-    """The save asked for on a connection of its own (headstart.send_save), so that it can be
-    spliced into the spool; None for an engine behind TLS or ssh, which the docker SDK reaches."""
-    from .headstart import send_save
-
-    engine = plain_docker_endpoint(dict(os.environ))
-    if engine is None:
-        return None
-    try:
-        return send_save(engine, image.id, CONNECT_TIMEOUT)
-    except OSError as exc:
-        raise DockerError(f"docker save of {image.name} failed: {first_line(exc)}") from None
+def _save_failed(image: Image, exc: BaseException) -> DockerError:
+    return DockerError(f"docker save of {image.name} failed: {first_line(exc)}")

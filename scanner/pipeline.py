@@ -18,7 +18,8 @@ from .models import Analysis, Image, ImageResult, Severity
 
 if TYPE_CHECKING:
     from . import archive
-    from .headstart import HeadStart, SaveRequest
+    from .dockerapi import SaveRequest
+    from .headstart import HeadStart
     from .layerserver import LayerServer
 
 log = logging.getLogger(__name__)
@@ -190,11 +191,12 @@ def docker_targets(refs: list[str], head: HeadStart | None = None) -> list[Pendi
     image's export may already be under way (see headstart)."""
     if not refs:
         return []
-    client = image.connect()
+    engine = image.Engine()
+    engine.check()
     targets: list[Pending] = []
     for ref in refs:
         try:
-            img = image.inspect(client, ref)
+            img = image.inspect(engine, ref)
         except ScanError as exc:
             targets.append((ref, exc))
             continue
@@ -205,7 +207,7 @@ def docker_targets(refs: list[str], head: HeadStart | None = None) -> list[Pendi
         def export(
             workdir: str, img: Image = img, started: SaveRequest | None = started
         ) -> AbstractContextManager[archive.LayerFiles]:
-            return image.exported(client, img, workdir, started)
+            return image.exported(engine, img, workdir, started)
 
         targets.append((ref, Target(img, export)))
     return targets

@@ -143,6 +143,18 @@ def test_rescan_reads_findings_without_export_or_upload(clair, load_image, tmp_p
     assert _json_findings(again.stdout) == _json_findings(first.stdout)
 
 
+def test_a_scan_against_a_given_clair_loads_neither_the_docker_sdk_nor_requests(clair, load_image, tmp_path):
+    # Their ~80 ms of CPU at start would compete with the engine's export (see dockerapi.py).
+    image = load_image(debian_image_layers())
+    for scan in ("cold", "rescan"):
+        done = run_process(_scan_args(clair, image.tag), env={"PYTHONPROFILEIMPORTTIME": "1"}, cwd=tmp_path)
+        assert done.code == 1, done.stderr
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+        assert "scanner.clair" in imported and "typer" in imported, scan
+        assert not {"docker", "requests", "urllib3"} & imported, scan
+    assert len(_posts(clair)) == 3
+
+
 def test_sibling_image_sends_only_the_layers_clair_lacks(clair, load_image, tmp_path):
     layers = debian_image_layers()
     first = load_image(layers)

@@ -48,6 +48,7 @@ class RequestRecord:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""  # the first MiB of the request body
     fault: str | None = None  # the injected fault's action, if one answered
+    remote: str = ""  # the client's address and port: one per connection
 
 
 @dataclass
@@ -186,6 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
             started=wall,
             headers={key: value for key, value in self.headers.items()},
             body=body,
+            remote=request.remote,
         )
         simulator._record(record)  # visible while in flight; completed below
         fault = simulator._take_fault(self.server.kind, request.method, request.path)
@@ -422,6 +424,12 @@ class ClairSimulator:
     ) -> Fault:
         """Make matching requests slower by `seconds` (counted against `api_timeout`)."""
         return self._add_fault(Fault("delay", method, path, server, count, delay=seconds))
+
+    def close_connections(self) -> None:
+        """Close every client connection now, as a proxy or load balancer in front of Clair
+        closes idle keep-alive connections."""
+        for server in self._servers:
+            server.close_connections()
 
     def clear_faults(self) -> None:
         with self._lock:
