@@ -4,8 +4,16 @@ and how it reads Clair's answers."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
+import socket
+import ssl
+import tempfile
+import threading
+from urllib.parse import urlsplit
 
 import pytest
+import trustme
 
 from scanner.clair import ClairClient, Deadline
 from scanner.errors import ClairError
@@ -64,3 +72,55 @@ def test_a_clair_that_is_not_there_is_one_clear_error():
     with pytest.raises(ClairError) as raised:
         client.namespaces(Deadline(30))
     assert str(raised.value).startswith("cannot connect to Clair at http://127.0.0.1:1")
+
+
+@pytest.fixture
+def tls_clair(clair):
+    """The simulator behind a TLS-terminating proxy on 127.0.0.1, as a shared Clair is often run;
+    yields (https URL, the CA's certificate file)."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    listener = socket.create_server(("127.0.0.1", 0))
+    upstream = urlsplit(clair.url)
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                raw, _ = listener.accept()
+                try:
+                    client = context.wrap_socket(raw, server_side=True)
+                except (OSError, ssl.SSLError):
+                    raw.close()  # a client that does not trust our CA hangs up in the handshake
+                    continue
+                server = socket.create_connection((upstream.hostname, upstream.port))
+                threading.Thread(target=pump, args=(client, server), daemon=True).start()
+                threading.Thread(target=pump, args=(server, client), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    with tempfile.TemporaryDirectory() as certs:
+        ca_file = os.path.join(certs, "ca.pem")
+        ca.cert_pem.write_to_path(ca_file)
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}", ca_file
+    listener.close()
+
+
+def test_an_https_clair_is_verified_against_the_system_cas(tls_clair, monkeypatch):
+    url, ca_file = tls_clair
+    untrusted = ClairClient(url, retries=0)
+    with pytest.raises(ClairError, match=r"cannot connect to Clair at https://127\.0\.0\.1"):
+        untrusted.namespaces(Deadline(30))
+    untrusted.close()
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file)  # as a host that trusts the proxy's CA is set up
+    trusted = ClairClient(url, retries=0)
+    try:
+        assert "debian:10" in trusted.namespaces(Deadline(30))
+    finally:
+        trusted.close()
