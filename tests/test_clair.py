@@ -10,11 +10,13 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from urllib.parse import urlsplit
 
 import pytest
 import trustme
 
+from clairsim import wait_until
 from scanner.clair import ClairClient, Deadline
 from scanner.errors import ClairError
 
@@ -77,12 +79,13 @@ def test_a_clair_that_is_not_there_is_one_clear_error():
 @pytest.fixture
 def tls_clair(clair):
     """The simulator behind a TLS-terminating proxy on 127.0.0.1, as a shared Clair is often run;
-    yields (https URL, the CA's certificate file)."""
+    yields (https URL, the CA's certificate file, the handshakes it refused)."""
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
     listener = socket.create_server(("127.0.0.1", 0))
     upstream = urlsplit(clair.url)
+    refused: list[str] = []
 
     def pump(source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -97,8 +100,9 @@ def tls_clair(clair):
                 raw, _ = listener.accept()
                 try:
                     client = context.wrap_socket(raw, server_side=True)
-                except (OSError, ssl.SSLError):
-                    raw.close()  # a client that does not trust our CA hangs up in the handshake
+                except (OSError, ssl.SSLError) as exc:
+                    refused.append(str(exc))  # a client that does not trust our CA hangs up
+                    raw.close()
                     continue
                 server = socket.create_connection((upstream.hostname, upstream.port))
                 threading.Thread(target=pump, args=(client, server), daemon=True).start()
@@ -108,16 +112,21 @@ def tls_clair(clair):
     with tempfile.TemporaryDirectory() as certs:
         ca_file = os.path.join(certs, "ca.pem")
         ca.cert_pem.write_to_path(ca_file)
-        yield f"https://127.0.0.1:{listener.getsockname()[1]}", ca_file
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}", ca_file, refused
     listener.close()
 
 
-def test_an_https_clair_is_verified_against_the_system_cas(tls_clair, monkeypatch):
-    url, ca_file = tls_clair
-    untrusted = ClairClient(url, retries=0)
-    with pytest.raises(ClairError, match=r"cannot connect to Clair at https://127\.0\.0\.1"):
+def test_an_https_clair_is_verified_against_the_system_cas(clair, tls_clair, monkeypatch):
+    url, ca_file, refused = tls_clair
+    untrusted = ClairClient(url, backoff=0.01)
+    with pytest.raises(ClairError) as raised:
         untrusted.namespaces(Deadline(30))
     untrusted.close()
+    time.sleep(0.1)  # the proxy's side of each refused handshake may end a little later
+    assert str(raised.value).startswith(f"cannot verify the certificate of Clair at {url}: ")
+    assert "SSL_CERT_FILE" in str(raised.value)
+    assert [r.method for r in clair.requests] == []  # refused in the handshake, never asked
+    assert wait_until(lambda: len(refused) == 1) and len(refused) == 1  # and not retried
     monkeypatch.setenv("SSL_CERT_FILE", ca_file)  # as a host that trusts the proxy's CA is set up
     trusted = ClairClient(url, retries=0)
     try:
