@@ -144,13 +144,28 @@ def _context(files: dict[str, str | Path]) -> tuple[str, str]:
 
 def _build(name: str, files: dict[str, str | Path]) -> str:
     work, digest = _context(files)
-    tag = f"clair-scan-test/{name}:{digest}"
+    repository = f"clair-scan-test/{name}"
+    tag = f"{repository}:{digest}"
     try:
         if not _exists(tag):
             _run("docker", "build", "--network", "host", "-q", "-t", tag, work, stdout=subprocess.DEVNULL)
+            _prune(repository, keep=tag)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return tag
+
+
+def _prune(repository: str, keep: str) -> None:
+    """Remove the stand-ins built from older test files: ~0.5 GB each, and no test uses them any
+    more. One a container still uses stays (docker refuses), which is fine."""
+    listed = subprocess.run(
+        ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository],
+        capture_output=True,
+        text=True,
+    )
+    stale = [t for t in listed.stdout.split() if t != keep]
+    if stale:
+        subprocess.run(["docker", "image", "rm", *stale], capture_output=True)
 
 
 def db_image() -> str:

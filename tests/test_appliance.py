@@ -221,3 +221,21 @@ def test_bundle_save_and_load(images, clean_engine, tmp_path):
         for new in tags:
             with contextlib.suppress(docker.errors.ImageNotFound):
                 clean_engine.images.remove(new)
+
+
+def test_a_rebuilt_stand_in_replaces_the_stale_one(images, docker_client):
+    def build(content: str) -> str:
+        dockerfile = f"FROM {standin.BASE}\nCOPY a /a\n"
+        return standin._build("prune-check", {"Dockerfile": dockerfile, "a": content})
+
+    first = build("old test files\n")
+    second = build("new test files\n")
+    try:
+        assert first != second and first.split(":")[0] == second.split(":")[0]
+        assert not standin._exists(first)  # gone: ~0.5 GB per stand-in adds up
+        assert standin._exists(second)
+        assert build("new test files\n") == second  # a cache hit builds and prunes nothing
+    finally:
+        for tag in (first, second):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(tag)
