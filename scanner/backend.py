@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 
 import docker
 import docker.errors
-import requests
 
-from .errors import BackendError, UsageError, first_line
+from .clair import ClairClient, Deadline
+from .errors import BackendError, ClairError, UsageError, first_line
 from .layerserver import route_address
 
 log = logging.getLogger(__name__)
@@ -228,17 +228,15 @@ def db_problem(dsn: str) -> str | None:
 
 
 def clair_problem(url: str) -> str | None:
-    """None once Clair's API answers with at least one namespace."""
+    """None once Clair's API answers with at least one namespace. Asked as the scan asks it (the
+    same client, which ignores proxy variables: a proxy cannot reach the appliance's ports)."""
+    client = ClairClient(url, retries=0)
     try:
-        response = requests.get(f"{url}/v1/namespaces", timeout=3)
-    except requests.RequestException:
-        return "API not answering"
-    if response.status_code != 200:
-        return f"API answers {response.status_code}"
-    try:
-        namespaces = response.json().get("Namespaces") or []
-    except ValueError:
-        return "API answers without JSON"
+        namespaces = client.namespaces(Deadline(3))
+    except ClairError as exc:
+        return exc.message
+    finally:
+        client.close()
     return None if namespaces else "no namespaces yet"
 
 

@@ -43,3 +43,15 @@ def test_unknown_network_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown --network"):
         backend.choose_network(None, "overlay")
     assert backend.choose_network(None, "host") == "host"
+
+
+def test_clair_readiness_is_asked_directly_whatever_the_proxy_settings(clair, monkeypatch):
+    # A CI job behind a corporate proxy: the appliance's ports are only reachable directly.
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:1")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert backend.clair_problem(clair.url) is None
+    clair.fail_next(500, method="GET", path="/v1/namespaces")
+    assert backend.clair_problem(clair.url).startswith("Clair answered 500 to GET /v1/namespaces")
+    assert backend.clair_problem("http://127.0.0.1:1").startswith("cannot connect to Clair")
