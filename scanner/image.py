@@ -29,16 +29,17 @@ log = logging.getLogger(__name__)
 TIMEOUT = 60.0
 
 
-def connect() -> Any:
+def connect(environ: Mapping[str, str] | None = None) -> Any:
     """A docker SDK client from the environment (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH)."""
     import docker
     import requests
 
+    environ = dict(os.environ if environ is None else environ)
     try:
         # Negotiating the API version is a request: it proves the engine answers.
-        client = docker.from_env()
+        client = docker.from_env(environment=environ)
     except (docker.errors.DockerException, requests.RequestException) as exc:
-        raise _unreachable(os.environ, exc) from None
+        raise _unreachable(environ, exc) from None
     return client
 
 
@@ -69,7 +70,7 @@ class Engine:
 
     def client(self) -> Any:
         if self._client is None:
-            self._client = connect()
+            self._client = connect(self._environ)
         return self._client
 
     def get(self, path: str) -> tuple[int, bytes]:

@@ -69,8 +69,15 @@ def test_what_the_engine_refuses_to_inspect_is_a_usage_error(monkeypatch, route)
     assert "invalid reference format" in str(raised.value) and "{" not in str(raised.value)
 
 
-def test_an_engine_that_is_not_there_is_a_docker_error():
-    engine = image.Engine({"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"DOCKER_HOST": "unix:///nonexistent/docker.sock"},
+        {"DOCKER_HOST": "tcp://127.0.0.1:1", "DOCKER_TLS_VERIFY": "1"},  # the docker SDK's route
+    ],
+)
+def test_an_engine_that_is_not_there_is_a_docker_error(environ):
+    engine = image.Engine(environ)
     with pytest.raises(DockerError) as raised:
         engine.check()
-    assert str(raised.value).startswith("cannot reach the Docker engine at unix:///nonexistent/docker.sock: ")
+    assert str(raised.value).startswith(f"cannot reach the Docker engine at {environ['DOCKER_HOST']}: ")
