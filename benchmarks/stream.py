@@ -40,8 +40,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from bench import MB, debian_base  # noqa: E402
 
 from imagebuild import ImageSpec, docker_load, remove_images, write_images, write_layer  # noqa: E402
-from scanner import archive, dockerapi, image  # noqa: E402
+from scanner import archive, dockerapi  # noqa: E402
 from scanner.names import plain_docker_endpoint  # noqa: E402
+from scanner.sources import engine as image  # noqa: E402
 
 ROUTES = ("sdk", "recv", "splice")
 

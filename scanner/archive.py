@@ -441,20 +441,23 @@ def _plain_tar(path: str, workdir: str) -> str:
     return plain
 
 
-def read_archive(path: str, workdir: str) -> list[ArchiveImage]:
-    """Every image in a `docker save` archive, classic or OCI layout, layers gzipped or not."""
+def read_archive(path: str, workdir: str, platform: str | None = None) -> list[ArchiveImage]:
+    """Every image in a `docker save` archive, classic or OCI layout, layers gzipped or not; of a
+    multi-platform image, the manifest for `platform`."""
     try:
         tar_path = _plain_tar(path, workdir)
         index = _TarIndex(tar_path)
         with tarfile.open(tar_path, mode="r:") as tar:
             for member in tar:
                 index.add(member)
-            return _archive_images(tar, index, os.path.basename(path))
+            return _archive_images(tar, index, os.path.basename(path), platform)
     except FileNotFoundError:
         raise UsageError(f"archive not found: {path}") from None
     except IsADirectoryError:
         raise UsageError(f"archive is a directory: {path}") from None
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, ValueError, KeyError) as exc:
+    except ScanError:
+        raise
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{path} is not a readable docker save archive: {exc}") from None
     except OSError as exc:
         raise FileSystemError(f"cannot read {path}: {exc}") from None
@@ -470,14 +473,16 @@ def _blob_json(tar: tarfile.TarFile, index: _TarIndex, name: str) -> Any:
     return json.loads(handle.read(blob.size))
 
 
-def _archive_images(tar: tarfile.TarFile, index: _TarIndex, fallback_name: str) -> list[ArchiveImage]:
+def _archive_images(
+    tar: tarfile.TarFile, index: _TarIndex, fallback_name: str, platform: str | None
+) -> list[ArchiveImage]:
     entries: list[tuple[str, list[str], list[str]]] = []  # (config member, layer members, tags)
     if "manifest.json" in index.files:
         for entry in _blob_json(tar, index, "manifest.json"):
             entries.append((entry["Config"], list(entry["Layers"]), list(entry.get("RepoTags") or [])))
     elif "index.json" in index.files:
         for desc in _blob_json(tar, index, "index.json").get("manifests", []):
-            entries.append(_oci_entry(tar, index, desc))
+            entries.append(_oci_entry(tar, index, desc, platform, fallback_name))
     else:
         raise ValueError("neither manifest.json nor index.json found")
     if not entries:
@@ -509,17 +514,21 @@ def _archive_images(tar: tarfile.TarFile, index: _TarIndex, fallback_name: str) 
 
 
 def _oci_entry(
-    tar: tarfile.TarFile, index: _TarIndex, desc: dict[str, Any]
+    tar: tarfile.TarFile, index: _TarIndex, desc: dict[str, Any], platform: str | None, fallback_name: str
 ) -> tuple[str, list[str], list[str]]:
+    from .sources import platforms
+
     def member(d: dict[str, Any]) -> str:
         algo, _, hexdigest = str(d["digest"]).partition(":")
         return f"blobs/{algo}/{hexdigest}"
 
     manifest = _blob_json(tar, index, member(desc))
-    while "manifests" in manifest:  # an image index: take the first (platform) manifest
-        desc = manifest["manifests"][0] | {"annotations": desc.get("annotations", {})}
-        manifest = _blob_json(tar, index, member(desc))
     annotations = desc.get("annotations") or {}
+    while "manifests" in manifest:  # an image index: the manifest for the platform
+        desc = platforms.choose(manifest, platform, fallback_name)
+        manifest = _blob_json(tar, index, member(desc))
+    for i, layer in enumerate(manifest["layers"]):
+        platforms.check_layer_type(str(layer.get("mediaType", "")), fallback_name, i)
     tag = annotations.get("io.containerd.image.name") or annotations.get("org.opencontainers.image.ref.name")
     return member(manifest["config"]), [member(d) for d in manifest["layers"]], [tag] if tag else []
 

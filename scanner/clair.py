@@ -82,17 +82,27 @@ class ClairClient:
             raise ClairError(f"Clair at {redact(self.url)} answered GET /v1/layers without a layer")
         return layer
 
-    def submit(self, name: str, path: str, parent: str, deadline: Deadline) -> None:
-        body = {"Layer": {"Name": name, "Path": path, "ParentName": parent, "Format": "Docker"}}
+    def submit(
+        self, name: str, path: str, parent: str, deadline: Deadline, headers: dict[str, str] | None = None
+    ) -> None:
+        """Have Clair download and index a layer. `headers` go with Clair's download (a
+        registry's Authorization): sent, never logged or shown."""
+        layer: dict[str, Any] = {"Name": name, "Path": path, "ParentName": parent, "Format": "Docker"}
+        if headers:
+            layer["Headers"] = headers
         try:
-            self._call("POST", "/v1/layers", deadline, ok=(201,), body=body)
+            self._call("POST", "/v1/layers", deadline, ok=(201,), body={"Layer": layer})
         except ClairError as exc:
-            if "could not find layer" not in exc.message:
+            if "could not find layer" not in exc.message and "could not download" not in exc.message:
                 raise
             where = urlsplit(path).netloc
-            raise ClairError(
-                exc.message, hint=f"Clair could not download from {where}; pass an --ip that Clair can reach"
-            ) from None
+            hint = (
+                f"Clair could not download from {where}; if Clair cannot reach that registry, "
+                "pass --relay-layers to send the layers through clair-scan"
+                if headers is not None
+                else f"Clair could not download from {where}; pass an --ip that Clair can reach"
+            )
+            raise ClairError(exc.message, hint=hint) from None
 
     def namespaces(self, deadline: Deadline) -> list[str]:
         response = self._call("GET", "/v1/namespaces", deadline, ok=(200,))

@@ -183,12 +183,35 @@ def _severity(text: str) -> Severity:
 def scan(
     images: Annotated[
         list[str] | None,
-        typer.Argument(help="Images in the Docker engine.", show_default=False, metavar="[IMAGE]..."),
+        typer.Argument(
+            help="Images: REF (the engine's if it holds it, else the registry's), docker:REF, "
+            "registry:REF, docker-archive:FILE, oci-archive:FILE, oci-dir:DIR.",
+            show_default=False,
+            metavar="[IMAGE]...",
+        ),
     ] = None,
     archive: Annotated[
         list[str] | None,
-        typer.Option("--archive", help="Scan a `docker save` tarball (repeatable).", metavar="FILE"),
+        typer.Option("--archive", help="Same as docker-archive:FILE (repeatable).", metavar="FILE"),
     ] = None,
+    platform: Annotated[
+        str | None,
+        typer.Option(
+            "--platform",
+            help="Image of a multi-platform registry image or OCI index to scan "
+            "[default: the engine's platform, else linux/amd64].",
+            metavar="OS/ARCH[/VARIANT]",
+            show_default=False,
+        ),
+    ] = None,
+    relay_layers: Annotated[
+        bool,
+        typer.Option(
+            "--relay-layers",
+            help="Registry images: stream each layer through clair-scan's layer server instead of "
+            "having Clair download it from the registry (for a Clair that cannot reach the registry).",
+        ),
+    ] = False,
     clair: Annotated[
         str | None,
         typer.Option(
@@ -282,9 +305,12 @@ def scan(
 
     def work() -> int:
         from . import whitelist
+        from .sources import Options, platforms
 
         if not images and not archive:
             raise UsageError("nothing to scan: name an image or give --archive FILE")
+        if platform is not None:
+            platforms.parse(platform)
         settings = pipeline.Settings(
             ip=ip or "",
             bind=bind,
@@ -294,9 +320,10 @@ def scan(
             ignore_unfixed=ignore_unfixed,
             whitelist=whitelist.load(whitelist_file) if whitelist_file else None,
         )
+        specs = list(images or []) + [f"docker-archive:{path}" for path in archive or []]
         return _scan(
-            images or [],
-            archive or [],
+            specs,
+            Options(platform=platform, relay=relay_layers),
             clair,
             settings,
             backend_settings,
@@ -310,8 +337,8 @@ def scan(
 
 
 def _scan(
-    images: list[str],
-    archives: list[str],
+    specs: list[str],
+    options: Any,
     clair: str | None,
     settings: Any,
     backend_settings: Callable[[], Any],
@@ -324,18 +351,21 @@ def _scan(
     # little more than the interpreter's start, so nothing is loaded that the run does not use.
     import dataclasses
 
-    from . import headstart, image, pipeline, report
+    from . import headstart, pipeline, report, sources
     from .names import normalize_url
     from .terminal import Terminal
 
     terminal = Terminal(quiet=output is OutputFormat.json)
     with ExitStack() as stack:
         clair_url = normalize_url(clair) if clair is not None else None
-        head = headstart.claim(images[0] if images else "", clair_url)
+        head = headstart.claim(headstart.engine_ref(specs[0]) if specs else "", clair_url)
         if head is not None:
             stack.callback(head.save.close)
         # Resolve the images first: a typo must not cost an appliance start-up.
-        targets = pipeline.docker_targets(images, head) + pipeline.archive_targets(archives, stack)
+        targets = sources.resolve(specs, options, stack, head)
+        for _, target in targets:
+            if isinstance(target, sources.Target) and target.note:
+                terminal.info(target.note)
         names = [name for name, _ in targets]
         paths = report.report_paths(report_path, names) if report_path else [None] * len(names)
         if all(isinstance(t, ScanError) for _, t in targets):
@@ -349,9 +379,10 @@ def _scan(
                 raise UsageError("--max-db-age needs the local appliance (it reads Clair's database)")
         else:
             from . import backend
+            from .sources import engine
 
             running = stack.enter_context(
-                backend.appliance(image.connect(), backend_settings(), progress, keep)
+                backend.appliance(engine.connect(), backend_settings(), progress, keep)
             )
             clair_url = running.clair_url
             settings = dataclasses.replace(settings, ip=running.layer_ip, bind=running.layer_bind)
@@ -416,7 +447,8 @@ def up(
     """Start the appliance and leave it running: later scans reuse it with no start-up cost."""
 
     def work() -> int:
-        from . import backend, image
+        from . import backend
+        from .sources import engine as image
         from .terminal import Terminal
 
         terminal = Terminal()
@@ -439,7 +471,8 @@ def down(log_file: LogOpt = None) -> None:
     """Remove the appliance and anything a killed run left behind."""
 
     def work() -> int:
-        from . import backend, image
+        from . import backend
+        from .sources import engine as image
         from .terminal import Terminal
 
         removed = backend.remove(image.connect())
@@ -462,7 +495,8 @@ def status(
     """Show the appliance's containers, whether Clair answers, and the vulnerability data's age."""
 
     def work() -> int:
-        from . import backend, image
+        from . import backend
+        from .sources import engine as image
         from .terminal import Terminal
 
         terminal = Terminal()
@@ -482,7 +516,8 @@ def bundle_save(
     """Write both backend images into one tarball (pulling them if needed)."""
 
     def work() -> int:
-        from . import backend, image
+        from . import backend
+        from .sources import engine as image
         from .terminal import Terminal
 
         backend.bundle_save(image.connect(), path, [db_image, clair_image])
@@ -500,7 +535,8 @@ def bundle_load(
     """Load the backend images from a tarball on a host with no network."""
 
     def work() -> int:
-        from . import backend, image
+        from . import backend
+        from .sources import engine as image
         from .terminal import Terminal
 
         tags = backend.bundle_load(image.connect(), path)

@@ -46,3 +46,11 @@ def first_line(exc: BaseException) -> str:
     explanation = getattr(exc, "explanation", None)  # docker's APIError keeps the engine's words here
     lines = str(explanation or exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+class ImageNotFound(UsageError):
+    """The engine or registry has no image by that name."""
+
+
+class RegistryError(ScanError):
+    """A registry failed, could not be reached, or answered something unusable."""

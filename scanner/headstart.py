@@ -39,10 +39,11 @@ VALUE_OPTIONS = frozenset(
         "--archive", "--clair", "--ip", "--bind", "--port", "--clair-timeout", "--whitelist", "-w",
         "--threshold", "-t", "--report", "-r", "--format", "--log", "-l", "--db-image",
         "--clair-image", "--pull", "--network", "--db-port", "--clair-port", "--ready-timeout",
-        "--max-db-age",
+        "--max-db-age", "--platform",
     }
 )  # fmt: skip
-FLAG_OPTIONS = frozenset({"--ignore-unfixed", "--no-report", "--keep"})
+FLAG_OPTIONS = frozenset({"--ignore-unfixed", "--no-report", "--keep", "--relay-layers"})
+_OTHER_SOURCES = ("registry:", "docker-archive:", "oci-archive:", "oci-dir:")
 
 # Both answers come from local daemons in milliseconds; one that takes longer is left to the
 # normal path, which has proper timeouts and messages.
@@ -87,7 +88,16 @@ def scan_request(argv: list[str], environ: dict[str, str]) -> tuple[str, str] | 
                 clair = value
     if not images or not clair:
         return None
-    return images[0], clair
+    ref = engine_ref(images[0])
+    return (ref, clair) if ref else None
+
+
+def engine_ref(spec: str) -> str:
+    """The engine reference a source spec names, "" if it names another source. A bare
+    reference may turn out to be the registry's; then the save is not claimed, and closed."""
+    if spec.startswith("docker:"):
+        return spec[len("docker:") :]
+    return "" if spec.startswith(_OTHER_SOURCES) else spec
 
 
 def begin(argv: list[str], environ: dict[str, str]) -> None:

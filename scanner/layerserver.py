@@ -12,6 +12,8 @@ import logging
 import secrets
 import socket
 import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 
@@ -22,11 +24,20 @@ from .threads import start_daemon
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Stream:
+    """A layer relayed from elsewhere (a registry) as Clair downloads it: `size` bytes, which
+    `open` yields afresh for each download. An error while yielding ends the download short."""
+
+    size: int
+    open: Callable[[], Iterator[bytes]]
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # A download in progress must not hold up the end of the scan (Ctrl-C, Clair gone).
     block_on_close = False
-    layers: dict[str, Blob]
+    layers: dict[str, Blob | Stream]
     token: str
 
 
@@ -62,6 +73,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
+        if isinstance(blob, Stream):
+            self._relay(blob, parts[2])
+            return
         try:
             with open(blob.path, "rb") as handle:
                 sent = 0
@@ -77,6 +91,17 @@ class _Handler(BaseHTTPRequestHandler):
             # Closing short of Content-Length makes Clair fail this download rather than index
             # half a layer.
             log.debug("cannot finish sending %s: %s", parts[2], exc)
+
+    def _relay(self, stream: Stream, name: str) -> None:
+        sent = 0
+        try:
+            for chunk in stream.open():
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            log.debug("client went away while downloading %s", name)
+        except ScanError as exc:
+            log.debug("cannot finish relaying %s after %d bytes: %s", name, sent, exc)
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("layer server: %s - %s", self.address_string(), format % args)
@@ -128,7 +153,7 @@ class LayerServer:
         if self._server is not None:
             self._server.layers.pop(name, None)
 
-    def publish(self, name: str, blob: Blob) -> str:
+    def publish(self, name: str, blob: Blob | Stream) -> str:
         """Make `blob` downloadable and return the URL Clair should fetch it from."""
         assert self._server is not None, "publish() on a server that is not running"
         self._server.layers[name] = blob

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from . import findings, image, report, whitelist
+from . import findings, report, whitelist
 from .clair import ClairClient, Deadline
 from .errors import ClairError, ScanError
 from .models import Analysis, Image, ImageResult, Severity
+from .sources import Pending, Remote, Target
 
 if TYPE_CHECKING:
-    from . import archive
-    from .dockerapi import SaveRequest
-    from .headstart import HeadStart
     from .layerserver import LayerServer
 
 log = logging.getLogger(__name__)
@@ -39,18 +36,6 @@ class Quiet:
 
     def layers(self, name: str, sent: int, total: int) -> None:
         log.info("%s: %d of %d layers sent", name, sent, total)
-
-
-@dataclass(frozen=True)
-class Target:
-    """An image to scan, and how to get at its layer tars (given a private temp dir)."""
-
-    image: Image
-    layer_files: Callable[[str], AbstractContextManager[archive.LayerFiles]]
-
-
-Pending = tuple[str, "Target | ScanError"]
-"""An image's name and its target, or the error that kept it from being one."""
 
 
 @dataclass(frozen=True)
@@ -130,11 +115,17 @@ def analyze(
             total = len(img.layers) - first
             observer.status(img.name, f"exporting and indexing {total} of {len(img.layers)} layers")
             for layer in img.layers[first:]:
-                blob = files.wait(layer.index, deadline.remaining())
-                server = resources.server()
-                url = server.publish(layer.chain_id, blob)
+                access = files.wait(layer.index, deadline.remaining())
                 parent = img.layers[layer.index - 1].chain_id if layer.index else ""
-                log.debug("submitting layer %d (%s, %d bytes)", layer.index + 1, layer.chain_id, blob.size)
+                if isinstance(access, Remote):
+                    log.debug("submitting layer %d (%s) from %s", layer.index + 1, layer.chain_id, access.url)
+                    clair.submit(layer.chain_id, access.url, parent, deadline, dict(access.headers))
+                    sent += 1
+                    observer.layers(img.name, sent, total)
+                    continue
+                server = resources.server()
+                url = server.publish(layer.chain_id, access)
+                log.debug("submitting layer %d (%s, %d bytes)", layer.index + 1, layer.chain_id, access.size)
                 try:
                     clair.submit(layer.chain_id, url, parent, deadline)
                 except ClairError:
@@ -184,53 +175,3 @@ def run(
                 log.debug("%s failed: %s", name, exc)
                 outcomes.append(Outcome(name, error=exc))
     return outcomes
-
-
-def docker_targets(refs: list[str], head: HeadStart | None = None) -> list[Pending]:
-    """Images in the Docker engine. An unknown image is an error for that image only. The first
-    image's export may already be under way (see headstart)."""
-    if not refs:
-        return []
-    engine = image.Engine()
-    engine.check()
-    targets: list[Pending] = []
-    for ref in refs:
-        try:
-            img = image.inspect(engine, ref)
-        except ScanError as exc:
-            targets.append((ref, exc))
-            continue
-        started = None
-        if head is not None and head.ref == ref:
-            started, head = head.save, None  # its one response serves one export
-
-        def export(
-            workdir: str, img: Image = img, started: SaveRequest | None = started
-        ) -> AbstractContextManager[archive.LayerFiles]:
-            return image.exported(engine, img, workdir, started)
-
-        targets.append((ref, Target(img, export)))
-    return targets
-
-
-def archive_targets(paths: list[str], stack: ExitStack) -> list[Pending]:
-    """Every image in each `docker save` archive; no Docker engine involved."""
-    if not paths:
-        return []
-    from . import archive
-
-    targets: list[Pending] = []
-    for path in paths:
-        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="clair-scan-"))
-        try:
-            found = archive.read_archive(path, workdir)
-        except ScanError as exc:
-            targets.append((path, exc))
-            continue
-        for item in found:
-
-            def ready(_workdir: str, files: archive.LayerFiles = item.files) -> Any:
-                return nullcontext(files)  # already on disk: nothing to export
-
-            targets.append((item.image.name, Target(item.image, ready)))
-    return targets

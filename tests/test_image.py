@@ -10,8 +10,9 @@ import pytest
 
 from conftest import debian_image_layers
 from imagebuild import Filler, Layer
-from scanner import dockerapi, image
+from scanner import dockerapi
 from scanner.errors import DockerError, UsageError
+from scanner.sources import engine as image
 
 
 def _sha(blob) -> str:

@@ -252,7 +252,7 @@ def test_several_images_get_their_reports_and_the_worst_exit_code(clair, load_im
     clean_report = json.loads((tmp_path / f"gl-container-scanning-report-{slug(clean.tag)}.json").read_text())
     validate_gitlab_report(clean_report)
     assert clean_report["vulnerabilities"] == []
-    with_unknown = run_cli(_scan_args(clair, clean.tag, "clair-scan-test/missing:1"), cwd=tmp_path)
+    with_unknown = run_cli(_scan_args(clair, clean.tag, "docker:clair-scan-test/missing:1"), cwd=tmp_path)
     assert with_unknown.code == 2
     assert "image not found: clair-scan-test/missing:1" in with_unknown.stderr
     assert (tmp_path / f"gl-container-scanning-report-{slug(clean.tag)}.json").exists()

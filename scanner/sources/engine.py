@@ -1,4 +1,6 @@
-"""The image stage: an image in the Docker engine, its layers and chain IDs, and its export."""
+"""The engine source: an image in the Docker engine (or Podman's Docker-compatible socket), its
+layers and chain IDs from the image config, and its export: the source asks for `docker save`
+and hands the archive reader the one stream (see archive.stream_save)."""
 
 from __future__ import annotations
 
@@ -13,15 +15,17 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from . import dockerapi
-from .errors import DockerError, ScanError, UsageError, first_line
-from .models import Image, Layer
-from .names import chain_ids, plain_docker_endpoint
-from .threads import start_daemon
+from .. import dockerapi
+from ..errors import DockerError, ImageNotFound, ScanError, UsageError, first_line
+from ..models import Image, Layer
+from ..names import chain_ids, plain_docker_endpoint
+from ..threads import start_daemon
 
 if TYPE_CHECKING:
-    from .archive import LayerFiles, SocketBody
-    from .dockerapi import SaveRequest
+    from ..archive import LayerFiles, SocketBody
+    from ..dockerapi import SaveRequest
+    from ..headstart import HeadStart
+    from . import Target
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +108,7 @@ class Engine:
         import docker
         import requests
 
-        from .archive import CHUNK
+        from ..archive import CHUNK
 
         try:
             chunks: Iterable[bytes] = self.client().api.get_image(image.id, chunk_size=CHUNK)
@@ -131,8 +135,9 @@ def inspect(engine: Engine, ref: str) -> Image:
 def _image_json(engine: Engine, ref: str, path: str) -> Any:
     status, body = engine.get(path)
     if status == 404:
-        raise UsageError(
-            f"image not found: {ref}", hint="build or pull it first, or scan a tarball with --archive"
+        raise ImageNotFound(
+            f"image not found: {ref}",
+            hint="build or pull it first, or scan it with registry:REF or docker-archive:FILE",
         )
     if 400 <= status < 500:
         raise UsageError(f"cannot use image {ref!r}: {dockerapi.message(body)}")
@@ -162,7 +167,7 @@ def exported(
     """Stream `docker save` of the image into a spool file in `workdir`, in the background. The
     yielded LayerFiles hands out each layer as soon as its bytes are on disk. A save the head
     start already asked for is used if it is of this very image (the tag may have moved since)."""
-    from .archive import LayerFiles, stream_save
+    from ..archive import LayerFiles, stream_save
 
     files = LayerFiles(len(image.layers))
     stop = threading.Event()
@@ -201,3 +206,56 @@ def exported(
 
 def _save_failed(image: Image, exc: BaseException) -> DockerError:
     return DockerError(f"docker save of {image.name} failed: {first_line(exc)}")
+
+
+class EngineSource:
+    """`docker:REF`: images in the engine. The engine is asked once whether it answers, on first
+    use; the first image's export may already be under way (see headstart)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None, head: HeadStart | None = None) -> None:
+        self._environ = environ
+        self._head = head
+        self._engine: Engine | None = None
+        self._error: DockerError | None = None
+
+    def engine(self) -> Engine:
+        if self._error is not None:
+            raise self._error
+        if self._engine is None:
+            engine = Engine(self._environ)
+            try:
+                engine.check()
+            except DockerError as exc:
+                self._error = exc
+                raise
+            self._engine = engine
+        return self._engine
+
+    def platform(self) -> str | None:
+        """The engine's os/arch, when an engine already answered this run."""
+        if self._engine is None:
+            return None
+        status, body = self._engine.get("/version")
+        try:
+            facts = json.loads(body) if status == 200 else {}
+            return f"{facts['Os']}/{_GOARCH.get(facts['Arch'], facts['Arch'])}"
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def target(self, ref: str) -> Target:
+        from . import Target
+
+        engine = self.engine()
+        img = inspect(engine, ref)
+        started = None
+        if self._head is not None and self._head.ref == ref:
+            started, self._head = self._head.save, None  # its one response serves one export
+
+        def export(workdir: str) -> contextlib.AbstractContextManager[LayerFiles]:
+            return exported(engine, img, workdir, started)
+
+        return Target(img, export)
+
+
+# The engine reports Go's names already; this maps the odd ones older engines used.
+_GOARCH = {"x86_64": "amd64", "aarch64": "arm64"}
