@@ -75,7 +75,9 @@ def test_corrupt_and_missing_archives(run, tmp_path, private_tmp):
 @pytest.mark.docker
 @pytest.mark.parametrize("run", RUNNERS)
 def test_unknown_image(run, tmp_path, docker_client):
-    result = run(["scan", "docker:clair-scan-test/does-not-exist:1", "--clair", "http://127.0.0.1:1"], cwd=tmp_path)
+    result = run(
+        ["scan", "docker:clair-scan-test/does-not-exist:1", "--clair", "http://127.0.0.1:1"], cwd=tmp_path
+    )
     assert result.code == 2
     _one_error_line(result.stderr, "image not found: clair-scan-test/does-not-exist:1")
 
@@ -99,7 +101,9 @@ def test_clair_down(run, tmp_path, load_image, private_tmp):
 @pytest.mark.docker
 def test_docker_down(tmp_path):
     result = run_process(
-        ["scan", "docker:x", "--clair", "http://127.0.0.1:1"], env={"DOCKER_HOST": "tcp://127.0.0.1:1"}, cwd=tmp_path
+        ["scan", "docker:x", "--clair", "http://127.0.0.1:1"],
+        env={"DOCKER_HOST": "tcp://127.0.0.1:1"},
+        cwd=tmp_path,
     )
     assert result.code == 3
     _one_error_line(result.stderr, "cannot reach the Docker engine at tcp://127.0.0.1:1")

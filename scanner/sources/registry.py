@@ -394,7 +394,14 @@ def _checked_json(body: bytes, digest: str | None, what: str) -> Any:
 class RegistryImage:
     """The image behind a reference: manifest (for the platform) and config, read and checked."""
 
-    def __init__(self, client: Client, ref: reference.Reference, name: str, platform: str | None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        ref: reference.Reference,
+        name: str,
+        platform: str | None,
+        explicit: bool = False,
+    ) -> None:
         self.client = client
         self.ref = ref
         self.name = name
@@ -431,6 +438,13 @@ class RegistryImage:
             raise RegistryError(
                 f"the config of {name} names {len(diff_ids)} layers, its manifest {len(self.layers)}"
             )
+        if explicit and platform is not None and config.get("architecture"):
+            wanted = platforms.parse(platform)
+            have = (str(config.get("os", "")), str(config["architecture"]), config.get("variant"))
+            if have[:2] != wanted[:2] or (wanted[2] is not None and have[2] != wanted[2]):
+                raise UsageError(
+                    f"{name} is a {platforms.describe({'os': have[0], 'architecture': have[1], 'variant': have[2]})} image, not {platform}"
+                )
         from ..archive import history_from_config
 
         created_by = history_from_config(config.get("history") or [], len(diff_ids))
@@ -448,7 +462,7 @@ class RegistryImage:
         response = self.client.get(repo, f"/v2/{repo}/manifests/{selector}", what, Accept=ACCEPT)
         if response.status_code == 404:
             raise ImageNotFound(
-                f"image not found in the registry {self.client.host}: {self.name} ({_errors(response)})",
+                f"image not found in its registry: {self.name} ({_errors(response)})",
                 hint="check the repository name and the tag",
             )
         if response.status_code != 200:
@@ -553,7 +567,7 @@ class Registries:
         if platform is None and self._engine is not None:
             with contextlib.suppress(ScanError, OSError):
                 platform = self._engine.platform()
-        found = RegistryImage(client, ref, text, platform)
+        found = RegistryImage(client, ref, text, platform, explicit=self._options.platform is not None)
         layers = _Layers(found, self._options.relay)
 
         def access(_workdir: str) -> contextlib.AbstractContextManager[_Layers]:
