@@ -442,9 +442,8 @@ class RegistryImage:
             wanted = platforms.parse(platform)
             have = (str(config.get("os", "")), str(config["architecture"]), config.get("variant"))
             if have[:2] != wanted[:2] or (wanted[2] is not None and have[2] != wanted[2]):
-                raise UsageError(
-                    f"{name} is a {platforms.describe({'os': have[0], 'architecture': have[1], 'variant': have[2]})} image, not {platform}"
-                )
+                facts = {"os": have[0], "architecture": have[1], "variant": have[2]}
+                raise UsageError(f"{name} is a {platforms.describe(facts)} image, not {platform}")
         from ..archive import history_from_config
 
         created_by = history_from_config(config.get("history") or [], len(diff_ids))
