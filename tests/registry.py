@@ -27,6 +27,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -46,7 +47,7 @@ import zstandard
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from imagebuild import image_config
+from imagebuild import Layer, image_config, write_layer
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 CERTS_D = Path("/etc/docker/certs.d")
@@ -427,6 +428,7 @@ class Registry:
     auth: AuthMode
     token_server: TokenServer | None
     blob_host: str | None = None  # "127.0.0.2:PORT" for the redirecting variant
+    pid: int = 0  # of the docker-registry process
     storage: Path = field(default=Path(), repr=False)
     log_file: Path = field(default=Path(), repr=False)
     _upstream: str = field(default="", repr=False)
@@ -597,7 +599,16 @@ class Registry:
             self._cleanups.append(lambda: shutil.rmtree(certs, ignore_errors=True))
         if self.username is not None:
             done = subprocess.run(
-                ["docker", "--config", str(path), "login", "-u", self.username, "--password-stdin", self.host],
+                [
+                    "docker",
+                    "--config",
+                    str(path),
+                    "login",
+                    "-u",
+                    self.username,
+                    "--password-stdin",
+                    self.host,
+                ],
                 input=self.password,
                 capture_output=True,
                 text=True,
@@ -643,9 +654,7 @@ def _registry_config(
 
 
 @contextlib.contextmanager
-def start_registry(
-    auth: AuthMode = "none", tls: bool = False, redirect: bool = False
-) -> Iterator[Registry]:
+def start_registry(auth: AuthMode = "none", tls: bool = False, redirect: bool = False) -> Iterator[Registry]:
     """A distribution registry on 127.0.0.1 behind a recording front, stopped and removed on exit."""
     if not os.path.exists(REGISTRY_BIN):
         raise RuntimeError(f"{REGISTRY_BIN} is missing: apt-get install docker-registry")
@@ -736,6 +745,7 @@ def start_registry(
             auth=auth,
             token_server=token_server,
             blob_host=blob_host,
+            pid=process.pid,
             storage=storage,
             log_file=log_file,
             _upstream=f"127.0.0.1:{upstream_port}",
@@ -794,3 +804,101 @@ def _stop_process(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers and Docker client configuration
+
+
+def layer_bytes(layer: Layer) -> bytes:
+    """An imagebuild Layer as the uncompressed tar put_image takes."""
+    with tempfile.TemporaryDirectory(prefix="clair-scan-layer-") as scratch:
+        return write_layer(layer, Path(scratch) / "layer.tar").path.read_bytes()
+
+
+CREDENTIAL_HELPER = "cstest"
+_NOT_FOUND = "credentials not found in native keychain"
+
+# The docker-credential-helpers protocol (github.com/docker/docker-credential-helpers): the
+# action is the only argument; `get` and `erase` read a server URL on stdin, `store` a JSON
+# {ServerURL, Username, Secret}, `list` prints {ServerURL: Username}. Every call is appended to
+# calls.log beside the script, so tests can tell that a client asked the helper.
+_HELPER_SOURCE = """#!{python}
+import json, sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+STORE = HERE / "cstest-store.json"
+
+
+def key(url):
+    url = url.strip()
+    for prefix in ("https://", "http://"):
+        if url.startswith(prefix):
+            url = url[len(prefix):]
+    return url.split("/", 1)[0]
+
+
+def load():
+    return json.loads(STORE.read_text()) if STORE.exists() else {{}}
+
+
+action = sys.argv[1] if len(sys.argv) > 1 else ""
+data = sys.stdin.read() if action in ("get", "store", "erase") else ""
+with open(HERE / "cstest-calls.log", "a") as log:
+    log.write(action + " " + (data.strip() if action != "store" else "") + "\\n")
+creds = load()
+if action == "get":
+    entry = creds.get(key(data))
+    if entry is None:
+        print("{not_found}")
+        sys.exit(1)
+    print(json.dumps({{"ServerURL": data.strip(), "Username": entry[0], "Secret": entry[1]}}))
+elif action == "store":
+    doc = json.loads(data)
+    creds[key(doc["ServerURL"])] = [doc["Username"], doc["Secret"]]
+    STORE.write_text(json.dumps(creds))
+elif action == "erase":
+    creds.pop(key(data), None)
+    STORE.write_text(json.dumps(creds))
+elif action == "list":
+    print(json.dumps({{server: entry[0] for server, entry in creds.items()}}))
+else:
+    print("unknown credential action " + repr(action))
+    sys.exit(1)
+"""
+
+ConfigMode = Literal["auths", "credsStore", "credHelpers"]
+
+
+def docker_config(tmp_path: Path, registry: Registry, mode: ConfigMode) -> tuple[str, str]:
+    """A Docker client config dir holding the registry's credentials, for DOCKER_CONFIG:
+    "auths" as `docker login` writes them (base64 user:password), or through the credential
+    helper docker-credential-cstest as "credsStore" or "credHelpers". Returns (config dir, the
+    bin dir holding the helper, to put first on PATH); the helper keeps cstest-store.json and
+    cstest-calls.log in that bin dir."""
+    if registry.username is None or registry.password is None:
+        raise ValueError("an anonymous registry has no credentials to configure")
+    base = tmp_path / f"docker-config-{uuid.uuid4().hex[:8]}"
+    config_dir, bin_dir = base / "config", base / "bin"
+    config_dir.mkdir(parents=True)
+    bin_dir.mkdir()
+    helper = bin_dir / f"docker-credential-{CREDENTIAL_HELPER}"
+    helper.write_text(_HELPER_SOURCE.format(python=sys.executable, not_found=_NOT_FOUND))
+    helper.chmod(0o755)
+    config: dict[str, Any]
+    if mode == "auths":
+        secret = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
+        config = {"auths": {registry.host: {"auth": secret}}}
+    else:
+        (bin_dir / "cstest-store.json").write_text(
+            json.dumps({registry.host: [registry.username, registry.password]})
+        )
+        if mode == "credsStore":
+            config = {"auths": {registry.host: {}}, "credsStore": CREDENTIAL_HELPER}
+        elif mode == "credHelpers":
+            config = {"credHelpers": {registry.host: CREDENTIAL_HELPER}}
+        else:
+            raise ValueError(f"unknown mode {mode!r}")
+    (config_dir / "config.json").write_text(json.dumps(config, indent=2))
+    return str(config_dir), str(bin_dir)
