@@ -28,6 +28,9 @@ from scanner.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Real registries (docker-registry behind a recording front): registry_plain, registry_basic, ...
+pytest_plugins = ["registry_fixtures"]
+
 # A shell that starts pytest in the background makes it ignore SIGINT, and an ignored signal stays
 # ignored across exec: the scanners the Ctrl-C tests start would never see their Ctrl-C. A handled
 # signal is reset to the default in a child, where Python installs its own handler.
