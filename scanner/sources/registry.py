@@ -107,14 +107,13 @@ def _docker_config(host: str, environ: Mapping[str, str]) -> Credentials | None:
             os.environ["DOCKER_CONFIG"] = saved
     if not found:
         return None
-    if found.get("IdentityToken"):
-        return Credentials(token=str(found["IdentityToken"]), origin=f"the Docker config in {where}")
-    if found.get("Username") or found.get("Password"):
-        return Credentials(
-            str(found.get("Username") or ""),
-            str(found.get("Password") or ""),
-            origin=f"the Docker config in {where}",
-        )
+    # `auths` entries come back with lower-case keys, helpers' answers with capitalised ones.
+    entry = {str(k).lower(): v for k, v in found.items()}
+    origin = f"the Docker config in {where}"
+    if entry.get("identitytoken"):
+        return Credentials(token=str(entry["identitytoken"]), origin=origin)
+    if entry.get("username") or entry.get("password"):
+        return Credentials(str(entry.get("username") or ""), str(entry.get("password") or ""), origin=origin)
     return None
 
 
@@ -208,7 +207,8 @@ class _Auth:
             raise RegistryError("the registry's token service answered without a token")
         _register_secret(token)
         self._token = token
-        self._renew_at = time.monotonic() + lifetime * _RENEW_AT
+        # Registries count expiry in whole seconds: a second less, to be safe.
+        self._renew_at = time.monotonic() + lifetime * _RENEW_AT - 1
 
 
 def _register_secret(value: str) -> None:
@@ -292,6 +292,7 @@ class Client:
             total=3,
             connect=3,
             read=2,
+            other=0,  # a TLS handshake that failed once fails again
             status=3,
             backoff_factor=0.5,
             status_forcelist=(500, 502, 503, 504),
@@ -331,7 +332,7 @@ class Client:
         import requests
 
         auth = self.auth(repository)
-        for _ in range(2):
+        for _ in range(3):  # a fall-back to http, then an auth challenge, then the answer
             sent = dict(headers)
             header = auth.header()
             if header:
@@ -340,8 +341,9 @@ class Client:
                 response = self.session.get(
                     self.url(path), headers=sent, timeout=TIMEOUT, verify=self.verify, stream=stream
                 )
-            except requests.exceptions.SSLError:
-                if not self._may_fall_back:
+            except requests.exceptions.SSLError as exc:
+                # Only a server that does not speak TLS at all; a certificate that fails stays an error.
+                if not self._may_fall_back or "CERTIFICATE" in str(exc).upper():
                     raise RegistryError(
                         f"cannot reach the registry {self.host}: {_problem(requests.exceptions.SSLError())}"
                     ) from None
@@ -408,6 +410,7 @@ class RegistryImage:
         repo = ref.path
         manifest, media_type, digest = self._manifest(ref.selector, ref.digest)
         if media_type in platforms.INDEXES or "manifests" in manifest:
+            explicit = False  # the index said which image is for the platform
             chosen = platforms.choose(manifest, platform, name)
             manifest, media_type, digest = self._manifest(str(chosen["digest"]), str(chosen["digest"]))
         if media_type in platforms.SCHEMA1 or manifest.get("schemaVersion") == 1:
