@@ -198,7 +198,7 @@ def test_podman_names_ids_and_missing_images(podman: Podman, clair: Any, tmp_pat
         _, doc = _scan(clair, ref, tmp_path, docker_host=podman.host)
         assert doc["image_id"] == image_id and len(doc["findings"]) == len(DEBIAN_EXPECTED)
     missing = run_process(
-        ["scan", "clair-scan-test/podman-missing:1", "--clair", clair.url, "--ip", "127.0.0.1"],
+        ["scan", "docker:clair-scan-test/podman-missing:1", "--clair", clair.url, "--ip", "127.0.0.1"],
         env={"DOCKER_HOST": podman.host},
         cwd=tmp_path,
     )
