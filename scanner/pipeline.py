@@ -150,7 +150,7 @@ def analyze(
         if top is None:
             raise ClairError(f"Clair does not know {img.name}'s top layer right after indexing it")
     namespace, packages, found = findings.from_clair(top, img)
-    return Analysis(img, namespace, packages, found, started, _now(), sent)
+    return Analysis(img, namespace, packages, found, started, _now(), sent, findings.packages(top))
 
 
 def run(
