@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from . import __version__
+from . import __version__, formats
 from .errors import BackendError, ScanError, UsageError
 from .models import Severity
 
@@ -241,18 +241,37 @@ def scan(
         bool, typer.Option("--ignore-unfixed", help="Findings without a fix do not count.")
     ] = False,
     report_path: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--report",
             "-r",
-            help="GitLab report file. With several images, one per image: NAME-<image>.json.",
+            help="GitLab report file [default: gl-container-scanning-report.json]. With several "
+            "images, one per image: NAME-<image>.json.",
             metavar="FILE",
+            show_default=False,
         ),
-    ] = "gl-container-scanning-report.json",
-    no_report: Annotated[bool, typer.Option("--no-report", help="Write no report file.")] = False,
+    ] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Write no GitLab report file.")] = False,
     output: Annotated[
-        OutputFormat, typer.Option("--format", help="table for people, json for scripts.")
-    ] = OutputFormat.table,
+        OutputFormat | None,
+        typer.Option(
+            "--format",
+            help="table for people, json for scripts (stdout) [default: table].",
+            show_default=False,
+        ),
+    ] = None,
+    outputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write FORMAT to FILE, or to stdout without =FILE; repeatable. Formats: "
+            + ", ".join(formats.NAMES)
+            + ". Replaces the default table and GitLab report.",
+            metavar="FORMAT[=FILE]",
+            show_default=False,
+        ),
+    ] = None,
     log_file: LogOpt = None,
     db_image: DbImage = "arminc/clair-db:latest",
     clair_image: ClairImage = "arminc/clair-local-scan:latest",
@@ -300,13 +319,29 @@ def scan(
             clair,
             settings,
             backend_settings,
-            None if no_report else report_path,
-            output,
+            _output_specs(outputs or [], report_path, no_report, output),
             keep,
             max_db_age,
         )
 
     _guarded(work, log_file)
+
+
+def _output_specs(
+    given: list[str], report_path: str | None, no_report: bool, output: OutputFormat | None
+) -> list[formats.Output]:
+    """What the run writes. Without --output: --format's stdout and the GitLab report, as before
+    --output existed. With it: exactly the outputs listed, plus --report and --format if given."""
+    specs = [formats.parse_output(text) for text in given]
+    if not specs or output is not None:
+        specs.append(formats.Output((output or OutputFormat.table).value))
+    if not no_report and (report_path is not None or not given):
+        specs.append(formats.Output("gitlab", report_path or formats.get("gitlab").default_file))
+    stdout = [o.format for o in specs if o.path is None]
+    if len(stdout) > 1:
+        both = " and ".join(stdout)
+        raise UsageError(f"only one output may go to stdout, not {both}: give the others =FILE")
+    return specs
 
 
 def _scan(
@@ -315,8 +350,7 @@ def _scan(
     clair: str | None,
     settings: Any,
     backend_settings: Callable[[], Any],
-    report_path: str | None,
-    output: OutputFormat,
+    outputs: list[formats.Output],
     keep: bool,
     max_db_age: float | None,
 ) -> int:
@@ -324,11 +358,11 @@ def _scan(
     # little more than the interpreter's start, so nothing is loaded that the run does not use.
     import dataclasses
 
-    from . import headstart, image, pipeline, report
+    from . import headstart, image, pipeline
     from .names import normalize_url
     from .terminal import Terminal
 
-    terminal = Terminal(quiet=output is OutputFormat.json)
+    terminal = Terminal(quiet=any(o.path is None and o.format != "table" for o in outputs))
     with ExitStack() as stack:
         clair_url = normalize_url(clair) if clair is not None else None
         head = headstart.claim(images[0] if images else "", clair_url)
@@ -336,10 +370,9 @@ def _scan(
             stack.callback(head.save.close)
         # Resolve the images first: a typo must not cost an appliance start-up.
         targets = pipeline.docker_targets(images, head) + pipeline.archive_targets(archives, stack)
-        names = [name for name, _ in targets]
-        paths = report.report_paths(report_path, names) if report_path else [None] * len(names)
+        plan = formats.Plan.make(outputs, [name for name, _ in targets])
         if all(isinstance(t, ScanError) for _, t in targets):
-            return _show(terminal, [pipeline.Outcome(n, error=t) for n, t in targets], output)  # type: ignore[arg-type]
+            return _show(terminal, [pipeline.Outcome(n, error=t) for n, t in targets], plan)  # type: ignore[arg-type]
         progress = stack.enter_context(terminal.progress())
         if clair_url is not None:
             from .layerserver import route_address
@@ -357,8 +390,8 @@ def _scan(
             settings = dataclasses.replace(settings, ip=running.layer_ip, bind=running.layer_bind)
             if max_db_age is not None:
                 _check_age(running.dsn, max_db_age, terminal)
-        outcomes = pipeline.run(targets, clair_url, settings, list(paths), progress)
-    return _show(terminal, outcomes, output)
+        outcomes = pipeline.run(targets, clair_url, settings, plan.write_image, progress)
+    return _show(terminal, outcomes, plan)
 
 
 def _check_age(dsn: str, max_days: float, terminal: Any) -> None:
@@ -376,11 +409,15 @@ def _check_age(dsn: str, max_days: float, terminal: Any) -> None:
         )
 
 
-def _show(terminal: Any, outcomes: list[Any], output: OutputFormat) -> int:
-    from . import report
+def _show(terminal: Any, outcomes: list[Any], plan: formats.Plan) -> int:
+    """Show every image's outcome, then write what holds all images: only when every scan
+    completed, so no such file ever misses an image."""
+    from .formats.json import result_json
 
+    stdout = next((o.format for o in plan.outputs if o.path is None), None)
     code = OK
     documents: list[dict[str, Any]] = []
+    results = []
     for outcome in outcomes:
         if outcome.error is not None:
             terminal.error(f"{outcome.name}: {outcome.error}", outcome.error.detail)
@@ -388,17 +425,31 @@ def _show(terminal: Any, outcomes: list[Any], output: OutputFormat) -> int:
             documents.append({"image": outcome.name, "error": str(outcome.error)})
             continue
         result = outcome.result
+        results.append(result)
         for warning in result.warnings:
             terminal.warn(warning)
-        if output is OutputFormat.table:
+        if stdout == "table":
             terminal.table(result)
-        else:
-            documents.append(report.result_json(result))
-        terminal.summary(result, outcome.report)
+        elif stdout == "json":
+            documents.append(result_json(result))
+        terminal.summary(result, outcome.files)
         if result.unapproved:
             code = max(code, FOUND)
-    if output is OutputFormat.json:
+    complete = bool(results) and len(results) == len(outcomes)
+    if complete:
+        try:
+            written = plan.write_combined(results)
+        except ScanError as exc:
+            terminal.error(str(exc), exc.detail)
+            return FAILURE
+        if written:
+            terminal.info(f"wrote {', '.join(written)} ({len(results)} images)")
+    elif results and plan.combined_paths():
+        terminal.warn(f"not written, since not every image was scanned: {', '.join(plan.combined_paths())}")
+    if stdout == "json":
         terminal.json({"images": documents, "exit_code": code})
+    elif stdout not in (None, "table") and complete:
+        terminal.document(formats.get(stdout).render(results))
     return code
 
 

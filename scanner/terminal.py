@@ -117,7 +117,12 @@ class Terminal:
         if table is not None:
             self.out.print(table)
 
-    def summary(self, result: ImageResult, report: str | None) -> None:
+    def document(self, data: bytes) -> None:
+        """A rendered report on stdout (`--output FORMAT` without a file)."""
+        sys.stdout.write(data.decode("utf-8"))
+        sys.stdout.flush()
+
+    def summary(self, result: ImageResult, files: Sequence[str] = ()) -> None:
         counts = Counter(f.severity for f in result.unapproved)
         by_severity = ", ".join(f"{counts[s]} {s.label}" for s in sorted(counts, reverse=True))
         unapproved = len(result.unapproved)
@@ -133,8 +138,8 @@ class Terminal:
         analysis = result.analysis
         parts.append(f"{analysis.packages} packages")
         parts.append(f"{analysis.layers_sent} of {len(result.image.layers)} layers sent to Clair")
-        if report:
-            parts.append(f"report {report}")
+        if files:
+            parts.append(f"wrote {', '.join(files)}")
         self._line(f"{result.image.name}: " + "; ".join(parts), "bold red" if unapproved else "green")
 
     def status(self, state: Any, max_days: float, fail_on_old: bool) -> int:

@@ -124,6 +124,9 @@ class Plan:
     def _combined(self) -> list[tuple[Format, str]]:
         return [(fmt, path) for fmt, path in self._files() if self._combines(fmt)]
 
+    def combined_paths(self) -> list[str]:
+        return [path for _, path in self._combined()]
+
     def write_image(self, index: int, result: ImageResult) -> tuple[str, ...]:
         """Write this image's own files, all or none; returns their paths."""
         files = [
