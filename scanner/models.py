@@ -99,6 +99,8 @@ class Analysis:
     layers_sent: int = 0
     features: tuple[Package, ...] = ()
     """Every package in the image (the SBOM's components); `packages` is their count."""
+    data_updated: datetime | None = None
+    """When Clair's vulnerability data was last updated, where known."""
 
 
 @dataclass(frozen=True)
