@@ -390,6 +390,10 @@ def _scan(
             settings = dataclasses.replace(settings, ip=running.layer_ip, bind=running.layer_bind)
             if max_db_age is not None:
                 _check_age(running.dsn, max_db_age, terminal)
+            if any(o.format == "html" for o in outputs):  # the page shows the data's age
+                from .backend import database_facts
+
+                settings = dataclasses.replace(settings, data_updated=database_facts(running.dsn)[1])
         outcomes = pipeline.run(targets, clair_url, settings, plan.write_image, progress)
     return _show(terminal, outcomes, plan)
 

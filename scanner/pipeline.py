@@ -63,6 +63,8 @@ class Settings:
     threshold: Severity = Severity.UNKNOWN
     ignore_unfixed: bool = False
     whitelist: whitelist.Whitelist | None = None
+    data_updated: datetime | None = None
+    """When the vulnerability data was last updated, where the run can tell (the appliance)."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,9 @@ def analyze(
         if top is None:
             raise ClairError(f"Clair does not know {img.name}'s top layer right after indexing it")
     namespace, packages, found = findings.from_clair(top, img)
-    return Analysis(img, namespace, packages, found, started, _now(), sent, findings.packages(top))
+    return Analysis(
+        img, namespace, packages, found, started, _now(), sent, findings.packages(top), settings.data_updated
+    )
 
 
 def run(

@@ -341,3 +341,18 @@ def test_a_full_disk_leaves_no_new_file(tiny_fs):
     with pytest.raises(FileSystemError, match="No space left"):
         plan.write_image(0, big)
     assert os.listdir(tiny_fs) == []
+
+
+def test_html_shows_the_age_of_the_vulnerability_data_when_known():
+    from datetime import datetime, timezone
+
+    result = debian_result()
+    assert "Vulnerability data" not in render("html", result).decode()  # unknown: not guessed
+    dated = replace(
+        result,
+        analysis=replace(
+            result.analysis, data_updated=datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc)
+        ),
+    )
+    page = render("html", dated).decode()
+    assert "Vulnerability data" in page and "2023-11-14 22:13 UTC (" in page and "days old)" in page

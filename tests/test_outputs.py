@@ -176,3 +176,19 @@ def test_a_failed_scan_writes_no_file_of_any_format(clair, tmp_path):
     assert result.code == 3, result.stderr
     assert "422" in result.stderr
     assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-o", "pdf=x.pdf"], "unknown output format 'pdf'"),
+        (["-o", "sarif="], "names no file"),
+        (["-o", "sarif", "-o", "junit"], "only one output may go to stdout, not sarif and junit"),
+    ],
+)
+def test_bad_output_is_a_usage_error_before_anything_runs(args, message, tmp_path):
+    result = run_process(["scan", "x", "--clair", "http://127.0.0.1:1", *args], cwd=tmp_path)
+    assert result.code == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("clair-scan: error: ")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
