@@ -82,29 +82,55 @@ def _root(
 
 # Options shared by the commands that run the appliance, declared once.
 DbImage = Annotated[
-    str, typer.Option("--db-image", envvar="CLAIR_DB_IMAGE", help="Vulnerability database image.")
+    str,
+    typer.Option(
+        "--db-image", envvar="CLAIR_DB_IMAGE", help="Vulnerability database image.", metavar="IMAGE"
+    ),
 ]
-ClairImage = Annotated[str, typer.Option("--clair-image", envvar="CLAIR_IMAGE", help="Clair v2 image.")]
-PullOpt = Annotated[Pull, typer.Option("--pull", help="When to pull the backend images.")]
+ClairImage = Annotated[
+    str, typer.Option("--clair-image", envvar="CLAIR_IMAGE", help="Clair v2 image.", metavar="IMAGE")
+]
+PullOpt = Annotated[
+    Pull,
+    typer.Option("--pull", help="When to pull the backend images: missing, always or never.", metavar="WHEN"),
+]
 NetworkOpt = Annotated[
     Network | None,
-    typer.Option("--network", help="Backend networking [default: bridge if the engine has one, else host]."),
+    typer.Option(
+        "--network",
+        help="Backend networking, bridge or host [default: bridge if the engine has one, else host].",
+        metavar="MODE",
+    ),
 ]
 DbPort = Annotated[
-    int | None, typer.Option("--db-port", min=1, max=65535, help="PostgreSQL port with --network host.")
+    int | None,
+    typer.Option("--db-port", min=1, max=65535, help="PostgreSQL port with --network host.", metavar="PORT"),
 ]
 ClairPort = Annotated[
-    int | None, typer.Option("--clair-port", min=1, max=65535, help="Clair API port with --network host.")
+    int | None,
+    typer.Option(
+        "--clair-port", min=1, max=65535, help="Clair API port with --network host.", metavar="PORT"
+    ),
 ]
 ReadyTimeout = Annotated[
-    float, typer.Option("--ready-timeout", min=1, help="Seconds to wait for the backend to be ready.")
+    float,
+    typer.Option(
+        "--ready-timeout", min=1, help="Seconds to wait for the backend to be ready.", metavar="SECONDS"
+    ),
 ]
 MaxDbAge = Annotated[
     float | None,
-    typer.Option("--max-db-age", min=0, help="Days the vulnerability data may be old.", show_default=False),
+    typer.Option(
+        "--max-db-age",
+        min=0,
+        help="Days the vulnerability data may be old.",
+        show_default=False,
+        metavar="DAYS",
+    ),
 ]
 LogOpt = Annotated[
-    str | None, typer.Option("--log", "-l", help="Write a debug log to this file.", show_default=False)
+    str | None,
+    typer.Option("--log", "-l", help="Write a debug log to this file.", show_default=False, metavar="FILE"),
 ]
 
 
@@ -211,10 +237,16 @@ def scan(
         typer.Option("--bind", help="Address the layer server listens on [default: --ip].", metavar="ADDR"),
     ] = None,
     port: Annotated[
-        int, typer.Option("--port", min=0, max=65535, help="Layer server port; 0 picks a free one.")
+        int,
+        typer.Option(
+            "--port", min=0, max=65535, help="Layer server port; 0 picks a free one.", metavar="PORT"
+        ),
     ] = 0,
     clair_timeout: Annotated[
-        float, typer.Option("--clair-timeout", min=1, help="Seconds Clair may take for one image.")
+        float,
+        typer.Option(
+            "--clair-timeout", min=1, help="Seconds Clair may take for one image.", metavar="SECONDS"
+        ),
     ] = 300.0,
     whitelist_file: Annotated[
         str | None,
@@ -258,6 +290,7 @@ def scan(
             "--format",
             help="table for people, json for scripts (stdout) [default: table].",
             show_default=False,
+            metavar="FORMAT",
         ),
     ] = None,
     outputs: Annotated[
@@ -507,7 +540,10 @@ def down(log_file: LogOpt = None) -> None:
 @app.command()
 def status(
     max_db_age: Annotated[
-        float, typer.Option("--max-db-age", min=0, help="Warn when the vulnerability data is older (days).")
+        float,
+        typer.Option(
+            "--max-db-age", min=0, help="Warn when the vulnerability data is older (days).", metavar="DAYS"
+        ),
     ] = 7.0,
     fail: Annotated[
         bool, typer.Option("--fail-on-old-db", help="Exit 3 when the data is older than --max-db-age.")
