@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from . import __version__
+from . import __version__, formats
 from .errors import BackendError, ScanError, UsageError
 from .models import Severity
 
@@ -82,29 +82,55 @@ def _root(
 
 # Options shared by the commands that run the appliance, declared once.
 DbImage = Annotated[
-    str, typer.Option("--db-image", envvar="CLAIR_DB_IMAGE", help="Vulnerability database image.")
+    str,
+    typer.Option(
+        "--db-image", envvar="CLAIR_DB_IMAGE", help="Vulnerability database image.", metavar="IMAGE"
+    ),
 ]
-ClairImage = Annotated[str, typer.Option("--clair-image", envvar="CLAIR_IMAGE", help="Clair v2 image.")]
-PullOpt = Annotated[Pull, typer.Option("--pull", help="When to pull the backend images.")]
+ClairImage = Annotated[
+    str, typer.Option("--clair-image", envvar="CLAIR_IMAGE", help="Clair v2 image.", metavar="IMAGE")
+]
+PullOpt = Annotated[
+    Pull,
+    typer.Option("--pull", help="When to pull the backend images: missing, always or never.", metavar="WHEN"),
+]
 NetworkOpt = Annotated[
     Network | None,
-    typer.Option("--network", help="Backend networking [default: bridge if the engine has one, else host]."),
+    typer.Option(
+        "--network",
+        help="Backend networking, bridge or host [default: bridge if the engine has one, else host].",
+        metavar="MODE",
+    ),
 ]
 DbPort = Annotated[
-    int | None, typer.Option("--db-port", min=1, max=65535, help="PostgreSQL port with --network host.")
+    int | None,
+    typer.Option("--db-port", min=1, max=65535, help="PostgreSQL port with --network host.", metavar="PORT"),
 ]
 ClairPort = Annotated[
-    int | None, typer.Option("--clair-port", min=1, max=65535, help="Clair API port with --network host.")
+    int | None,
+    typer.Option(
+        "--clair-port", min=1, max=65535, help="Clair API port with --network host.", metavar="PORT"
+    ),
 ]
 ReadyTimeout = Annotated[
-    float, typer.Option("--ready-timeout", min=1, help="Seconds to wait for the backend to be ready.")
+    float,
+    typer.Option(
+        "--ready-timeout", min=1, help="Seconds to wait for the backend to be ready.", metavar="SECONDS"
+    ),
 ]
 MaxDbAge = Annotated[
     float | None,
-    typer.Option("--max-db-age", min=0, help="Days the vulnerability data may be old.", show_default=False),
+    typer.Option(
+        "--max-db-age",
+        min=0,
+        help="Days the vulnerability data may be old.",
+        show_default=False,
+        metavar="DAYS",
+    ),
 ]
 LogOpt = Annotated[
-    str | None, typer.Option("--log", "-l", help="Write a debug log to this file.", show_default=False)
+    str | None,
+    typer.Option("--log", "-l", help="Write a debug log to this file.", show_default=False, metavar="FILE"),
 ]
 
 
@@ -234,10 +260,16 @@ def scan(
         typer.Option("--bind", help="Address the layer server listens on [default: --ip].", metavar="ADDR"),
     ] = None,
     port: Annotated[
-        int, typer.Option("--port", min=0, max=65535, help="Layer server port; 0 picks a free one.")
+        int,
+        typer.Option(
+            "--port", min=0, max=65535, help="Layer server port; 0 picks a free one.", metavar="PORT"
+        ),
     ] = 0,
     clair_timeout: Annotated[
-        float, typer.Option("--clair-timeout", min=1, help="Seconds Clair may take for one image.")
+        float,
+        typer.Option(
+            "--clair-timeout", min=1, help="Seconds Clair may take for one image.", metavar="SECONDS"
+        ),
     ] = 300.0,
     whitelist_file: Annotated[
         str | None,
@@ -264,18 +296,38 @@ def scan(
         bool, typer.Option("--ignore-unfixed", help="Findings without a fix do not count.")
     ] = False,
     report_path: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--report",
             "-r",
-            help="GitLab report file. With several images, one per image: NAME-<image>.json.",
+            help="GitLab report file [default: gl-container-scanning-report.json]. With several "
+            "images, one per image: NAME-<image>.json.",
             metavar="FILE",
+            show_default=False,
         ),
-    ] = "gl-container-scanning-report.json",
-    no_report: Annotated[bool, typer.Option("--no-report", help="Write no report file.")] = False,
+    ] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Write no GitLab report file.")] = False,
     output: Annotated[
-        OutputFormat, typer.Option("--format", help="table for people, json for scripts.")
-    ] = OutputFormat.table,
+        OutputFormat | None,
+        typer.Option(
+            "--format",
+            help="table for people, json for scripts (stdout) [default: table].",
+            show_default=False,
+            metavar="FORMAT",
+        ),
+    ] = None,
+    outputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write FORMAT to FILE, or to stdout without =FILE; repeatable. Formats: "
+            + ", ".join(formats.NAMES)
+            + ". Replaces the default table and GitLab report.",
+            metavar="FORMAT[=FILE]",
+            show_default=False,
+        ),
+    ] = None,
     log_file: LogOpt = None,
     db_image: DbImage = "arminc/clair-db:latest",
     clair_image: ClairImage = "arminc/clair-local-scan:latest",
@@ -327,13 +379,29 @@ def scan(
             clair,
             settings,
             backend_settings,
-            None if no_report else report_path,
-            output,
+            _output_specs(outputs or [], report_path, no_report, output),
             keep,
             max_db_age,
         )
 
     _guarded(work, log_file)
+
+
+def _output_specs(
+    given: list[str], report_path: str | None, no_report: bool, output: OutputFormat | None
+) -> list[formats.Output]:
+    """What the run writes. Without --output: --format's stdout and the GitLab report, as before
+    --output existed. With it: exactly the outputs listed, plus --report and --format if given."""
+    specs = [formats.parse_output(text) for text in given]
+    if not specs or output is not None:
+        specs.append(formats.Output((output or OutputFormat.table).value))
+    if not no_report and (report_path is not None or not given):
+        specs.append(formats.Output("gitlab", report_path or formats.get("gitlab").default_file))
+    stdout = [o.format for o in specs if o.path is None]
+    if len(stdout) > 1:
+        both = " and ".join(stdout)
+        raise UsageError(f"only one output may go to stdout, not {both}: give the others =FILE")
+    return specs
 
 
 def _scan(
@@ -342,8 +410,7 @@ def _scan(
     clair: str | None,
     settings: Any,
     backend_settings: Callable[[], Any],
-    report_path: str | None,
-    output: OutputFormat,
+    outputs: list[formats.Output],
     keep: bool,
     max_db_age: float | None,
 ) -> int:
@@ -351,11 +418,11 @@ def _scan(
     # little more than the interpreter's start, so nothing is loaded that the run does not use.
     import dataclasses
 
-    from . import headstart, pipeline, report, sources
+    from . import headstart, pipeline, sources
     from .names import normalize_url
     from .terminal import Terminal
 
-    terminal = Terminal(quiet=output is OutputFormat.json)
+    terminal = Terminal(quiet=any(o.path is None and o.format != "table" for o in outputs))
     with ExitStack() as stack:
         clair_url = normalize_url(clair) if clair is not None else None
         head = headstart.claim(headstart.engine_ref(specs[0]) if specs else "", clair_url)
@@ -366,10 +433,9 @@ def _scan(
         for _, target in targets:
             if isinstance(target, sources.Target) and target.note:
                 terminal.info(target.note)
-        names = [name for name, _ in targets]
-        paths = report.report_paths(report_path, names) if report_path else [None] * len(names)
+        plan = formats.Plan.make(outputs, [name for name, _ in targets])
         if all(isinstance(t, ScanError) for _, t in targets):
-            return _show(terminal, [pipeline.Outcome(n, error=t) for n, t in targets], output)  # type: ignore[arg-type]
+            return _show(terminal, [pipeline.Outcome(n, error=t) for n, t in targets], plan)  # type: ignore[arg-type]
         progress = stack.enter_context(terminal.progress())
         if clair_url is not None:
             from .layerserver import route_address
@@ -388,8 +454,12 @@ def _scan(
             settings = dataclasses.replace(settings, ip=running.layer_ip, bind=running.layer_bind)
             if max_db_age is not None:
                 _check_age(running.dsn, max_db_age, terminal)
-        outcomes = pipeline.run(targets, clair_url, settings, list(paths), progress)
-    return _show(terminal, outcomes, output)
+            if any(o.format == "html" for o in outputs):  # the page shows the data's age
+                from .backend import database_facts
+
+                settings = dataclasses.replace(settings, data_updated=database_facts(running.dsn)[1])
+        outcomes = pipeline.run(targets, clair_url, settings, plan.write_image, progress)
+    return _show(terminal, outcomes, plan)
 
 
 def _check_age(dsn: str, max_days: float, terminal: Any) -> None:
@@ -407,11 +477,15 @@ def _check_age(dsn: str, max_days: float, terminal: Any) -> None:
         )
 
 
-def _show(terminal: Any, outcomes: list[Any], output: OutputFormat) -> int:
-    from . import report
+def _show(terminal: Any, outcomes: list[Any], plan: formats.Plan) -> int:
+    """Show every image's outcome, then write what holds all images: only when every scan
+    completed, so no such file ever misses an image."""
+    from .formats.json import result_json
 
+    stdout = next((o.format for o in plan.outputs if o.path is None), None)
     code = OK
     documents: list[dict[str, Any]] = []
+    results = []
     for outcome in outcomes:
         if outcome.error is not None:
             terminal.error(f"{outcome.name}: {outcome.error}", outcome.error.detail)
@@ -419,17 +493,31 @@ def _show(terminal: Any, outcomes: list[Any], output: OutputFormat) -> int:
             documents.append({"image": outcome.name, "error": str(outcome.error)})
             continue
         result = outcome.result
+        results.append(result)
         for warning in result.warnings:
             terminal.warn(warning)
-        if output is OutputFormat.table:
+        if stdout == "table":
             terminal.table(result)
-        else:
-            documents.append(report.result_json(result))
-        terminal.summary(result, outcome.report)
+        elif stdout == "json":
+            documents.append(result_json(result))
+        terminal.summary(result, outcome.files)
         if result.unapproved:
             code = max(code, FOUND)
-    if output is OutputFormat.json:
+    complete = bool(results) and len(results) == len(outcomes)
+    if complete:
+        try:
+            written = plan.write_combined(results)
+        except ScanError as exc:
+            terminal.error(str(exc), exc.detail)
+            return FAILURE
+        if written:
+            terminal.info(f"wrote {', '.join(written)} ({len(results)} images)")
+    elif results and plan.combined_paths():
+        terminal.warn(f"not written, since not every image was scanned: {', '.join(plan.combined_paths())}")
+    if stdout == "json":
         terminal.json({"images": documents, "exit_code": code})
+    elif stdout not in (None, "table") and complete:
+        terminal.document(formats.get(stdout).render(results))
     return code
 
 
@@ -485,7 +573,10 @@ def down(log_file: LogOpt = None) -> None:
 @app.command()
 def status(
     max_db_age: Annotated[
-        float, typer.Option("--max-db-age", min=0, help="Warn when the vulnerability data is older (days).")
+        float,
+        typer.Option(
+            "--max-db-age", min=0, help="Warn when the vulnerability data is older (days).", metavar="DAYS"
+        ),
     ] = 7.0,
     fail: Annotated[
         bool, typer.Option("--fail-on-old-db", help="Exit 3 when the data is older than --max-db-age.")

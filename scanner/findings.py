@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .models import Cvss, Finding, Image, Severity
+from .models import Cvss, Finding, Image, Package, Severity
 
 
 def _severity(text: Any) -> Severity:
@@ -49,3 +49,17 @@ def from_clair(layer: dict[str, Any], image: Image) -> tuple[str, int, tuple[Fin
             findings[(finding.vulnerability, finding.package, finding.installed)] = finding
     ordered = sorted(findings.values(), key=lambda f: (-f.severity, f.vulnerability, f.package, f.installed))
     return str(layer.get("NamespaceName") or ""), len(features), tuple(ordered)
+
+
+def packages(layer: dict[str, Any]) -> tuple[Package, ...]:
+    """Every package (Clair's "features") of the top layer, which holds the whole image's, sorted."""
+    found = {
+        Package(
+            name=str(feature.get("Name", "")),
+            version=str(feature.get("Version", "")),
+            namespace=str(feature.get("NamespaceName") or ""),
+            version_format=str(feature.get("VersionFormat") or ""),
+        )
+        for feature in layer.get("Features") or []
+    }
+    return tuple(sorted(found, key=lambda p: (p.name, p.version, p.namespace)))

@@ -60,6 +60,16 @@ class Cvss:
 
 
 @dataclass(frozen=True)
+class Package:
+    """One installed package as Clair lists it (a "feature"); `namespace` is its distro, e.g. debian:12."""
+
+    name: str
+    version: str
+    namespace: str = ""
+    version_format: str = ""
+
+
+@dataclass(frozen=True)
 class Finding:
     """One vulnerability in one package. `ignored` says why it does not count, when it does not."""
 
@@ -87,6 +97,10 @@ class Analysis:
     started: datetime
     finished: datetime
     layers_sent: int = 0
+    features: tuple[Package, ...] = ()
+    """Every package in the image (the SBOM's components); `packages` is their count."""
+    data_updated: datetime | None = None
+    """When Clair's vulnerability data was last updated, where known."""
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,18 @@
 """The scan, as a short recipe: find the image's layers, make sure Clair holds them, read the
-findings, apply the whitelist and threshold, write the report. Nothing here prints or exits."""
+findings, apply the whitelist and threshold, hand the result to the writer. Nothing here prints
+or exits."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Protocol
 
-from . import findings, report, whitelist
+from . import findings, whitelist
 from .clair import ClairClient, Deadline
 from .errors import ClairError, ScanError
 from .models import Analysis, Image, ImageResult, Severity
@@ -47,6 +49,8 @@ class Settings:
     threshold: Severity = Severity.UNKNOWN
     ignore_unfixed: bool = False
     whitelist: whitelist.Whitelist | None = None
+    data_updated: datetime | None = None
+    """When the vulnerability data was last updated, where the run can tell (the appliance)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,13 @@ class Outcome:
     name: str
     result: ImageResult | None = None
     error: ScanError | None = None
-    report: str | None = None
+    files: tuple[str, ...] = ()
+    """The report files written for this image alone."""
+
+
+Writer = Callable[[int, ImageResult], tuple[str, ...]]
+"""Writes the files of the image with this index in the run once its scan completed, all or none
+(scanner.formats.Plan.write_image); returns their paths."""
 
 
 class _Resources:
@@ -141,25 +151,27 @@ def analyze(
         if top is None:
             raise ClairError(f"Clair does not know {img.name}'s top layer right after indexing it")
     namespace, packages, found = findings.from_clair(top, img)
-    return Analysis(img, namespace, packages, found, started, _now(), sent)
+    return Analysis(
+        img, namespace, packages, found, started, _now(), sent, findings.packages(top), settings.data_updated
+    )
 
 
 def run(
     targets: list[Pending],
     clair_url: str,
     settings: Settings,
-    reports: list[str | None],
+    write: Writer | None = None,
     observer: Observer | None = None,
 ) -> list[Outcome]:
-    """Scan every target; a failing image does not stop the others. Reports are written only for
-    images whose scan completed."""
+    """Scan every target; a failing image does not stop the others. An image's files are written
+    as soon as its scan completed, and only then."""
     observer = observer or Quiet()
     outcomes: list[Outcome] = []
     clair = ClairClient(clair_url)
     with ExitStack() as stack:
         stack.callback(clair.close)
         resources = _Resources(stack, settings)
-        for (name, target), path in zip(targets, reports, strict=True):
+        for index, (name, target) in enumerate(targets):
             if isinstance(target, ScanError):
                 outcomes.append(Outcome(name, error=target))
                 continue
@@ -168,9 +180,8 @@ def run(
                 result = whitelist.apply(
                     analysis, settings.whitelist, settings.threshold, settings.ignore_unfixed
                 )
-                if path:
-                    report.write_atomic(path, report.gitlab_report(result))
-                outcomes.append(Outcome(name, result=result, report=path))
+                files = write(index, result) if write is not None else ()
+                outcomes.append(Outcome(name, result=result, files=files))
             except ScanError as exc:
                 log.debug("%s failed: %s", name, exc)
                 outcomes.append(Outcome(name, error=exc))

@@ -10,13 +10,13 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
 
-from .models import ImageResult, Severity
+from .models import Finding, ImageResult, Severity
 
 _STYLE = {
     Severity.DEFCON1: "bold magenta",
@@ -113,36 +113,16 @@ class Terminal:
                 yield _RichProgress(progress)
 
     def table(self, result: ImageResult) -> None:
-        shown = result.unapproved
-        if not shown:
-            return
-        from rich.table import Table
-        from rich.text import Text
+        table = findings_table(result)
+        if table is not None:
+            self.out.print(table)
 
-        table = Table(title=Text(f"{result.image.name} ({result.analysis.namespace or 'unknown OS'})"))
-        for column in ("Severity", "Vulnerability", "Package", "Installed", "Fixed in", "Layer"):
-            table.add_column(column, overflow="fold")
-        previous = None
-        for finding in shown:
-            if previous is not None and finding.severity != previous:
-                table.add_section()
-            previous = finding.severity
-            layer = ""
-            if finding.layer is not None:
-                layer = f"{finding.layer.index + 1}"
-                if finding.layer.created_by:
-                    layer += " " + _shorten(finding.layer.created_by, 40)
-            table.add_row(
-                Text(finding.severity.label, style=_STYLE[finding.severity]),
-                Text(finding.vulnerability),
-                Text(finding.package),
-                Text(finding.installed),
-                Text(finding.fixed or "-"),
-                Text(layer),
-            )
-        self.out.print(table)
+    def document(self, data: bytes) -> None:
+        """A rendered report on stdout (`--output FORMAT` without a file)."""
+        sys.stdout.write(data.decode("utf-8"))
+        sys.stdout.flush()
 
-    def summary(self, result: ImageResult, report: str | None) -> None:
+    def summary(self, result: ImageResult, files: Sequence[str] = ()) -> None:
         counts = Counter(f.severity for f in result.unapproved)
         by_severity = ", ".join(f"{counts[s]} {s.label}" for s in sorted(counts, reverse=True))
         unapproved = len(result.unapproved)
@@ -158,8 +138,8 @@ class Terminal:
         analysis = result.analysis
         parts.append(f"{analysis.packages} packages")
         parts.append(f"{analysis.layers_sent} of {len(result.image.layers)} layers sent to Clair")
-        if report:
-            parts.append(f"report {report}")
+        if files:
+            parts.append(f"wrote {', '.join(files)}")
         self._line(f"{result.image.name}: " + "; ".join(parts), "bold red" if unapproved else "green")
 
     def status(self, state: Any, max_days: float, fail_on_old: bool) -> int:
@@ -200,6 +180,67 @@ class Terminal:
             self.warn(f"the vulnerability data is {days:.1f} days old, more than {max_days:g} days")
             return 3 if fail_on_old else 0
         return 0
+
+
+def _cvss(finding: Finding) -> str:
+    """The newest CVSS version Clair gives (findings list v3 before v2)."""
+    return f"{finding.cvss[0].score:.1f}" if finding.cvss else ""
+
+
+def findings_table(result: ImageResult) -> Any:
+    """The findings that count as a rich Table, most severe first; None when there are none."""
+    shown = result.unapproved
+    if not shown:
+        return None
+    from rich.table import Table
+    from rich.text import Text
+
+    with_cvss = any(f.cvss for f in shown)
+    table = Table(title=Text(f"{result.image.name} ({result.analysis.namespace or 'unknown OS'})"))
+    columns = ["Severity", "Vulnerability", "Package", "Installed", "Fixed in", "Layer"]
+    if with_cvss:
+        columns.insert(1, "CVSS")
+    for column in columns:
+        table.add_column(column, overflow="fold", justify="right" if column == "CVSS" else "left")
+    previous = None
+    for finding in shown:
+        if previous is not None and finding.severity != previous:
+            table.add_section()
+        previous = finding.severity
+        layer = ""
+        if finding.layer is not None:
+            layer = f"{finding.layer.index + 1}"
+            if finding.layer.created_by:
+                layer += " " + _shorten(finding.layer.created_by, 40)
+        cells = [
+            Text(finding.severity.label, style=_STYLE[finding.severity]),
+            Text(finding.vulnerability),
+            Text(finding.package),
+            Text(finding.installed),
+            Text(finding.fixed or "-"),
+            Text(layer),
+        ]
+        if with_cvss:
+            cells.insert(1, Text(_cvss(finding)))
+        table.add_row(*cells)
+    return table
+
+
+def table_text(results: Sequence[ImageResult], width: int = 160) -> str:
+    """The tables as plain text, for `--output table=FILE`."""
+    import io
+
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, no_color=True, highlight=False, soft_wrap=False)
+    for result in results:
+        table = findings_table(result)
+        if table is None:
+            console.print(f"{result.image.name}: no unapproved vulnerabilities", markup=False)
+        else:
+            console.print(table)
+    return buffer.getvalue()
 
 
 class _Silent:

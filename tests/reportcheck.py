@@ -1,4 +1,5 @@
-"""Validation of reports against GitLab's schema in ../shared/schemas (the newest version there)."""
+"""Validation of reports against the schemas in ../shared/schemas: GitLab's (the newest version
+there) and SARIF 2.1.0."""
 
 from __future__ import annotations
 
@@ -26,3 +27,15 @@ def validate_gitlab_report(data: dict[str, Any]) -> None:
     errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors[:10])
     assert data["version"] == _validator().schema["self"]["version"]
+
+
+@cache
+def _sarif_validator() -> Any:
+    schema = json.loads((SCHEMAS / "sarif-schema-2.1.0.json").read_text())
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def validate_sarif(document: dict[str, Any]) -> None:
+    errors = sorted(_sarif_validator().iter_errors(document), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors[:10])
+    assert document["version"] == "2.1.0"

@@ -497,7 +497,7 @@ def test_a_save_that_breaks_while_clair_downloads_is_a_docker_error(clair, tmp_p
         thread.join(30)
 
     settings = pipeline.Settings(ip="127.0.0.1")
-    (outcome,) = pipeline.run([(image.name, pipeline.Target(image, exported))], clair.url, settings, [None])
+    (outcome,) = pipeline.run([(image.name, pipeline.Target(image, exported))], clair.url, settings)
     assert isinstance(outcome.error, DockerError), outcome
     assert "engine went away" in str(outcome.error)
     assert len(clair.downloads) == 2
