@@ -192,6 +192,9 @@ class _FrontHandler(http.server.BaseHTTPRequestHandler):
         override = self.server.overrides.get(self.path.split("?", 1)[0])
         if override is not None:
             status, content_type, data = override
+            # Recorded before the client has its answer, so a test reading the log after a
+            # request sees that request.
+            self.server.recorder.add(self, self.server.public_host, status)
             self.send_response(status)
             if content_type:
                 self.send_header("Content-Type", content_type)
@@ -200,7 +203,6 @@ class _FrontHandler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
-            self.server.recorder.add(self, self.server.public_host, status)
             return
         conn: http.client.HTTPConnection
         if self.server.upstream_tls is not None:
@@ -216,8 +218,15 @@ class _FrontHandler(http.server.BaseHTTPRequestHandler):
                     conn.putheader(key, value)
             if body is not None:
                 conn.putheader("Content-Length", str(len(body)))
-            conn.endheaders(body)
-            response = conn.getresponse()
+            try:
+                conn.endheaders(body)
+                response = conn.getresponse()
+            except OSError:
+                # The registry is gone (a test may stop it): answer as a load balancer would.
+                self.server.recorder.add(self, self.server.public_host, 502)
+                self.send_error(502)
+                return
+            self.server.recorder.add(self, self.server.public_host, response.status)
             length = response.getheader("Content-Length")
             # Registry answers carry a length; anything else is read whole to give it one.
             data = None if length is not None else response.read()
@@ -232,10 +241,6 @@ class _FrontHandler(http.server.BaseHTTPRequestHandler):
                     shutil.copyfileobj(response, self.wfile, 1 << 20)
                 else:
                     self.wfile.write(data)
-            self.server.recorder.add(self, self.server.public_host, response.status)
-        except OSError:
-            self.server.recorder.add(self, self.server.public_host, 502)
-            raise
         finally:
             conn.close()
 
@@ -311,7 +316,10 @@ class _TokenHandler(http.server.BaseHTTPRequestHandler):
         if url.path != "/token":
             self._answer(404, {"errors": [{"code": "NOT_FOUND"}]})
             return
-        account = owner.check(self.headers.get("Authorization"))
+        header = self.headers.get("Authorization")
+        account = owner.check(header)
+        if account is None and header is None and owner.anonymous_actions:
+            account = ""  # anonymous, as Docker Hub hands out pull tokens for public repositories
         if account is None:
             self._answer(
                 401,
@@ -321,7 +329,8 @@ class _TokenHandler(http.server.BaseHTTPRequestHandler):
             return
         query = urllib.parse.parse_qs(url.query)
         scopes = tuple(s for value in query.get("scope", []) for s in value.split(" ") if s)
-        issued = owner.mint(account, query.get("service", [""])[0], scopes)
+        allowed = owner.anonymous_actions if account == "" else owner.allowed_actions
+        issued = owner.mint(account, query.get("service", [""])[0], scopes, allowed)
         owner.issued.append(issued)
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(issued.issued_at))
         self._answer(
@@ -348,12 +357,14 @@ class TokenServer:
     `lifetime` (seconds, settable) is the `expires_in` of tokens issued from then on; the JWT's
     `exp` is set so that the registry, which allows REGISTRY_LEEWAY seconds past `exp`, rejects
     the token `lifetime` seconds after issue. `issued` records every token handed out, `requests`
-    every path asked for. `allowed_actions` limits what any token grants."""
+    every path asked for. `allowed_actions` limits what any token grants; `anonymous_actions`
+    (empty: anonymous requests get 401) what a request without credentials gets."""
 
     def __init__(self, ca: trustme.CA, users: dict[str, str]) -> None:
         self.users = dict(users)
         self.lifetime = 300
         self.allowed_actions: set[str] = {"pull", "push", "*"}
+        self.anonymous_actions: set[str] = set()
         self.issued: list[IssuedToken] = []
         self.requests: list[str] = []
         signer = ca.issue_cert("clair-scan-token-signer")
@@ -383,13 +394,17 @@ class TokenServer:
             return None
         return user if user in self.users and self.users[user] == password else None
 
-    def mint(self, account: str, service: str, scopes: Sequence[str]) -> IssuedToken:
-        """A signed token granting `scopes` (within allowed_actions); not recorded in `issued`."""
+    def mint(
+        self, account: str, service: str, scopes: Sequence[str], allowed: set[str] | None = None
+    ) -> IssuedToken:
+        """A signed token granting `scopes` (within `allowed`, default allowed_actions); not
+        recorded in `issued`."""
+        allowed = self.allowed_actions if allowed is None else allowed
         access = []
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
-            granted = [a for a in actions.split(",") if a in self.allowed_actions]
+            granted = [a for a in actions.split(",") if a in allowed]
             access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
         lifetime = int(self.lifetime)
