@@ -61,7 +61,7 @@ Compression = Literal["gzip", "none", "zstd"]
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_IMAGE_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -548,7 +548,7 @@ class Registry:
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST if oci else DOCKER_MANIFEST,
             "config": {
-                "mediaType": OCI_CONFIG if oci else DOCKER_CONFIG,
+                "mediaType": OCI_CONFIG if oci else DOCKER_IMAGE_CONFIG,
                 "size": len(raw_config),
                 "digest": self.put_blob(repo, raw_config),
             },
