@@ -609,9 +609,17 @@ class Registry:
         path.mkdir()
         if self.ca_file is not None:
             certs = CERTS_D / self.host
+            made_parent = not CERTS_D.exists()
             certs.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.ca_file, certs / "ca.crt")
-            self._cleanups.append(lambda: shutil.rmtree(certs, ignore_errors=True))
+
+            def remove_certs() -> None:
+                shutil.rmtree(certs, ignore_errors=True)
+                if made_parent:
+                    with contextlib.suppress(OSError):  # another registry's CA may be there now
+                        CERTS_D.rmdir()
+
+            self._cleanups.append(remove_certs)
         if self.username is not None:
             done = subprocess.run(
                 [
