@@ -242,9 +242,14 @@ def test_basic_auth_registry(registry_basic: Registry, load_image: Callable[...,
     assert sha256_digest(manifest.content) == digest
 
     log = registry_basic.requests_log()
-    assert [(r.status, r.authorization, r.auth_scheme) for r in log if r.path == "/v2/" and r.user_agent][
-        :3
-    ] == [(401, False, None), (401, True, "Basic"), (200, True, "Basic")]
+    probes = [(r.status, r.authorization, r.auth_scheme, r.user_agent[:7]) for r in log if r.path == "/v2/"]
+    assert probes[:3] == [
+        (401, False, None, "python-"),
+        (401, True, "Basic", "python-"),
+        (200, True, "Basic", "python-"),
+    ]
+    # docker login and push: the engine asks anonymously first, then with the credentials.
+    assert probes[3:5] == [(401, False, None, "docker/"), (200, True, "Basic", "docker/")]
     assert all(r.auth_scheme == "Basic" for r in log if r.method == "PUT")
 
 
