@@ -149,7 +149,8 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 
 def _serve(server: http.server.HTTPServer, name: str) -> threading.Thread:
-    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    # A short poll interval: shutdown() waits for it, three servers per registry.
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=name, daemon=True)
     thread.start()
     return thread
 
