@@ -61,7 +61,7 @@ Compression = Literal["gzip", "none", "zstd"]
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_IMAGE_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -149,7 +149,8 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 
 def _serve(server: http.server.HTTPServer, name: str) -> threading.Thread:
-    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    # A short poll interval: shutdown() waits for it, three servers per registry.
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=name, daemon=True)
     thread.start()
     return thread
 
@@ -192,6 +193,9 @@ class _FrontHandler(http.server.BaseHTTPRequestHandler):
         override = self.server.overrides.get(self.path.split("?", 1)[0])
         if override is not None:
             status, content_type, data = override
+            # Recorded before the client has its answer, so a test reading the log after a
+            # request sees that request.
+            self.server.recorder.add(self, self.server.public_host, status)
             self.send_response(status)
             if content_type:
                 self.send_header("Content-Type", content_type)
@@ -200,7 +204,6 @@ class _FrontHandler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
-            self.server.recorder.add(self, self.server.public_host, status)
             return
         conn: http.client.HTTPConnection
         if self.server.upstream_tls is not None:
@@ -216,8 +219,15 @@ class _FrontHandler(http.server.BaseHTTPRequestHandler):
                     conn.putheader(key, value)
             if body is not None:
                 conn.putheader("Content-Length", str(len(body)))
-            conn.endheaders(body)
-            response = conn.getresponse()
+            try:
+                conn.endheaders(body)
+                response = conn.getresponse()
+            except OSError:
+                # The registry is gone (a test may stop it): answer as a load balancer would.
+                self.server.recorder.add(self, self.server.public_host, 502)
+                self.send_error(502)
+                return
+            self.server.recorder.add(self, self.server.public_host, response.status)
             length = response.getheader("Content-Length")
             # Registry answers carry a length; anything else is read whole to give it one.
             data = None if length is not None else response.read()
@@ -232,10 +242,6 @@ class _FrontHandler(http.server.BaseHTTPRequestHandler):
                     shutil.copyfileobj(response, self.wfile, 1 << 20)
                 else:
                     self.wfile.write(data)
-            self.server.recorder.add(self, self.server.public_host, response.status)
-        except OSError:
-            self.server.recorder.add(self, self.server.public_host, 502)
-            raise
         finally:
             conn.close()
 
@@ -311,7 +317,10 @@ class _TokenHandler(http.server.BaseHTTPRequestHandler):
         if url.path != "/token":
             self._answer(404, {"errors": [{"code": "NOT_FOUND"}]})
             return
-        account = owner.check(self.headers.get("Authorization"))
+        header = self.headers.get("Authorization")
+        account = owner.check(header)
+        if account is None and header is None and owner.anonymous_actions:
+            account = ""  # anonymous, as Docker Hub hands out pull tokens for public repositories
         if account is None:
             self._answer(
                 401,
@@ -321,7 +330,8 @@ class _TokenHandler(http.server.BaseHTTPRequestHandler):
             return
         query = urllib.parse.parse_qs(url.query)
         scopes = tuple(s for value in query.get("scope", []) for s in value.split(" ") if s)
-        issued = owner.mint(account, query.get("service", [""])[0], scopes)
+        allowed = owner.anonymous_actions if account == "" else owner.allowed_actions
+        issued = owner.mint(account, query.get("service", [""])[0], scopes, allowed)
         owner.issued.append(issued)
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(issued.issued_at))
         self._answer(
@@ -348,12 +358,14 @@ class TokenServer:
     `lifetime` (seconds, settable) is the `expires_in` of tokens issued from then on; the JWT's
     `exp` is set so that the registry, which allows REGISTRY_LEEWAY seconds past `exp`, rejects
     the token `lifetime` seconds after issue. `issued` records every token handed out, `requests`
-    every path asked for. `allowed_actions` limits what any token grants."""
+    every path asked for. `allowed_actions` limits what any token grants; `anonymous_actions`
+    (empty: anonymous requests get 401) what a request without credentials gets."""
 
     def __init__(self, ca: trustme.CA, users: dict[str, str]) -> None:
         self.users = dict(users)
         self.lifetime = 300
         self.allowed_actions: set[str] = {"pull", "push", "*"}
+        self.anonymous_actions: set[str] = set()
         self.issued: list[IssuedToken] = []
         self.requests: list[str] = []
         signer = ca.issue_cert("clair-scan-token-signer")
@@ -383,13 +395,17 @@ class TokenServer:
             return None
         return user if user in self.users and self.users[user] == password else None
 
-    def mint(self, account: str, service: str, scopes: Sequence[str]) -> IssuedToken:
-        """A signed token granting `scopes` (within allowed_actions); not recorded in `issued`."""
+    def mint(
+        self, account: str, service: str, scopes: Sequence[str], allowed: set[str] | None = None
+    ) -> IssuedToken:
+        """A signed token granting `scopes` (within `allowed`, default allowed_actions); not
+        recorded in `issued`."""
+        allowed = self.allowed_actions if allowed is None else allowed
         access = []
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
-            granted = [a for a in actions.split(",") if a in self.allowed_actions]
+            granted = [a for a in actions.split(",") if a in allowed]
             access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
         lifetime = int(self.lifetime)
@@ -533,7 +549,7 @@ class Registry:
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST if oci else DOCKER_MANIFEST,
             "config": {
-                "mediaType": OCI_CONFIG if oci else DOCKER_CONFIG,
+                "mediaType": OCI_CONFIG if oci else DOCKER_IMAGE_CONFIG,
                 "size": len(raw_config),
                 "digest": self.put_blob(repo, raw_config),
             },
@@ -594,9 +610,17 @@ class Registry:
         path.mkdir()
         if self.ca_file is not None:
             certs = CERTS_D / self.host
+            made_parent = not CERTS_D.exists()
             certs.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.ca_file, certs / "ca.crt")
-            self._cleanups.append(lambda: shutil.rmtree(certs, ignore_errors=True))
+
+            def remove_certs() -> None:
+                shutil.rmtree(certs, ignore_errors=True)
+                if made_parent:
+                    with contextlib.suppress(OSError):  # another registry's CA may be there now
+                        CERTS_D.rmdir()
+
+            self._cleanups.append(remove_certs)
         if self.username is not None:
             done = subprocess.run(
                 [
