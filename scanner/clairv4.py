@@ -46,10 +46,12 @@ _POLL_FIRST, _POLL_MAX = 0.5, 5.0
 LayerUri = Callable[[Layer], tuple[str, dict[str, str]]]
 
 
-def detect(url: str, timeout: float = 30.0) -> Literal["v2", "v4"]:
+def detect(url: str, timeout: float = 30.0, client: ClairClient | None = None) -> Literal["v2", "v4"]:
     """Which API the Clair at `url` speaks: v4 answers /indexer/api/v1/index_state, v2
-    /v1/namespaces (each answers the other's path with 404)."""
-    client = ClairClient(url, retries=1)
+    /v1/namespaces (each answers the other's path with 404). A given `client` (for `url`) lends
+    its connection and is left open."""
+    own = client is None
+    client = client or ClairClient(url, retries=1)
     deadline = Deadline(timeout)
     try:
         answer = client.call("GET", INDEX_STATE, deadline, ok=(200, 401, 404, 405))
@@ -64,7 +66,8 @@ def detect(url: str, timeout: float = 30.0) -> Literal["v2", "v4"]:
         if answer.status == 200:
             return "v2"
     finally:
-        client.close()
+        if own:
+            client.close()
     raise ClairError(
         f"no Clair API at {redact(client.url)}: neither {INDEX_STATE} (v4) nor /v1/namespaces (v2) answered",
         hint="is --clair / CLAIR_ADDR the address of Clair's API port?",

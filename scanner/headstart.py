@@ -112,7 +112,9 @@ def begin(argv: list[str], environ: dict[str, str]) -> None:
         image_id, diff_ids = attrs["Id"], attrs["RootFS"]["Layers"]
         top = chain_ids(diff_ids)[-1]
         clair_address = (parts.hostname or "", parts.port or 0)
-        if dockerapi.get(clair_address, f"{parts.path}/v1/layers/{top}", deadline)[0] != 404:
+        status, body = dockerapi.get(clair_address, f"{parts.path}/v1/layers/{top}", deadline)
+        # Clair v2 says it lacks a layer in JSON; a Clair v4's plain-text 404 says nothing about it.
+        if status != 404 or not body.startswith(b"{"):
             return  # held (a rescan: nothing to export), or an answer the normal path should see
         _started = HeadStart(ref, clair_url, dockerapi.send_save(address, image_id, TIMEOUT))
     except (OSError, ValueError, KeyError, TypeError, IndexError, ScanError):
