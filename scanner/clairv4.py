@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -155,8 +156,18 @@ def _clair_message(answer: Response) -> str:
     return str(message) if message else f"status {answer.status}"
 
 
+_URL = re.compile(r"(https?://)(?:[^@/\s\"]*@)?([^/\s\"?]+)[^\s\"]*")
+
+
+def _scrub(message: str) -> str:
+    """Clair quotes the URLs it failed to fetch; their paths and queries carry the layer
+    server's token or a registry's, so only scheme and host are kept."""
+    return _URL.sub(r"\1\2/…", message)
+
+
 def _index_error(message: str, manifest: dict[str, Any]) -> ClairError:
     """The error for a failed index: which layer and why, in one line."""
+    message = _scrub(message)
     position = {layer["hash"]: index for index, layer in enumerate(manifest["layers"], 1)}
     layer = next((f"layer {n} ({digest})" for digest, n in position.items() if digest in message), "a layer")
     if "validation failed" in message:

@@ -4,6 +4,7 @@ by the real layer server from real `docker save` tarballs (tests/imagebuild.py).
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -246,6 +247,24 @@ def test_an_index_error_is_reported_with_clairs_message(sim, client, server, deb
     assert "unexpected status code: 404" in message and "\n" not in message
     # The message is the one Clair stored with the IndexError state.
     assert any(r.method == "GET" and "/index_report/" in r.path for r in sim.requests)
+
+
+def test_urls_in_clairs_errors_lose_their_path_and_credentials(client, debian, server):
+    """Clair quotes the URL it could not fetch: the layer server's token (or a registry's)
+    must not reach the message."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+
+    def nowhere(layer: Layer) -> tuple[str, dict[str, str]]:
+        return f"http://user:pw@127.0.0.1:{port}/s3cret-token/{layer.index}?sig=s3cret", {}
+
+    with pytest.raises(IndexFailed) as raised:
+        analyze_v4(client, debian.image, nowhere, Deadline(60))
+    message = str(raised.value)
+    assert f"http://127.0.0.1:{port}/…" in message
+    assert "s3cret" not in message and "pw" not in message
 
 
 def test_a_digest_mismatch_names_the_layer(sim, client, server, debian):
