@@ -76,8 +76,9 @@ def detect(url: str, timeout: float = 30.0, client: ClairClient | None = None) -
 
 
 def layer_digest(layer: Layer) -> str:
-    """The digest of the bytes Clair downloads for `layer`: the uncompressed tar's, its diff ID."""
-    return layer.diff_id
+    """The digest of the bytes Clair downloads for `layer`: a compressed blob's own digest, else
+    the tar's, its diff ID."""
+    return layer.digest or layer.diff_id
 
 
 def manifest_hash(state: str, image: Image) -> str:

@@ -156,6 +156,28 @@ def test_cold_scan_indexes_the_image_and_maps_the_report(sim, client, server, de
     assert [f.severity for f in found] == sorted((f.severity for f in found), reverse=True)
 
 
+@pytest.mark.parametrize("layout", ["classic", "oci"])
+def test_gzipped_layer_blobs_are_named_by_their_own_digest(layout, sim, client, server, tmp_path):
+    """An archive whose layers are gzipped is served as it lies: Clair hashes the gzip bytes, so
+    the manifest names them by the blob's digest, and the layer server's Content-Type lets the
+    magic bytes decide the compression."""
+    path = tmp_path / "gz.tar"
+    saved_image = write_docker_save(
+        path,
+        debian_image_layers(),
+        repo_tags=["gz:1"],
+        layout=layout,
+        gzip_layers=True,
+        history=DEBIAN_HISTORY,
+    )
+    (found,) = archive.read_archive(str(path), str(tmp_path))
+    saved = Saved(found.image, found.files)
+    assert [layer.digest for layer in saved.image.layers] == list(saved_image.layer_digests)
+    _, _, findings_found, sent = analyze_v4(client, saved.image, publisher(server, saved), Deadline(60))
+    assert sent == 3 and as_rows(findings_found) == V4_EXPECTED
+    assert sorted(d.layer for d in sim.downloads) == sorted(saved_image.layer_digests)
+
+
 def test_a_rescan_of_an_unchanged_image_sends_nothing(sim, client, server, debian):
     first = analyze_v4(client, debian.image, publisher(server, debian), Deadline(60))
     sim.clear_records()
