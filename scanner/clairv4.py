@@ -93,7 +93,7 @@ class ClairV4:
         self.client = client
 
     def index_state(self, deadline: Deadline) -> str:
-        answer = self._call("GET", INDEX_STATE, deadline, ok=(200,))
+        answer = self.client.call("GET", INDEX_STATE, deadline, ok=(200,))
         state = json_object(answer).get("state")
         if not isinstance(state, str) or not state:
             raise ClairError(f"Clair at {self._where} answered GET {INDEX_STATE} without a state")
@@ -101,18 +101,18 @@ class ClairV4:
 
     def index_report(self, digest: str, deadline: Deadline) -> dict[str, Any] | None:
         """The stored index report, in whatever state it is; None if Clair has none."""
-        answer = self._call("GET", f"{INDEX_REPORT}/{digest}", deadline, ok=(200, 404))
+        answer = self.client.call("GET", f"{INDEX_REPORT}/{digest}", deadline, ok=(200, 404))
         return None if answer.status == 404 else json_object(answer)
 
     def vulnerability_report(self, digest: str, deadline: Deadline) -> dict[str, Any] | int:
         """The report, or the status that stands for its absence: 404 (not indexed, or its index
         failed) or 202 (Clair holds no vulnerability data yet)."""
-        answer = self._call("GET", f"{VULNERABILITY_REPORT}/{digest}", deadline, ok=(200, 202, 404))
+        answer = self.client.call("GET", f"{VULNERABILITY_REPORT}/{digest}", deadline, ok=(200, 202, 404))
         return json_object(answer) if answer.status == 200 else answer.status
 
     def index(self, manifest: dict[str, Any], deadline: Deadline) -> dict[str, Any]:
         """POST the manifest; Clair downloads and indexes every layer it lacks before answering."""
-        answer = self._call(
+        answer = self.client.call(
             "POST", INDEX_REPORT, deadline, ok=(201, 400, 500), body=manifest, retry_status=_POST_RETRY
         )
         if answer.status == 201:
@@ -126,27 +126,6 @@ class ClairV4:
     @property
     def _where(self) -> str:
         return redact(self.client.url)
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        deadline: Deadline,
-        ok: tuple[int, ...],
-        body: Any = None,
-        retry_status: frozenset[int] | None = None,
-    ) -> Response:
-        try:
-            if retry_status is None:
-                return self.client.call(method, path, deadline, ok, body)
-            return self.client.call(method, path, deadline, ok, body, retry_status)
-        except ClairError as exc:
-            if " 415 " in exc.message:
-                where = f"{method} {path.rsplit('/', 1)[-1]}"
-                raise UnsupportedMediaType(
-                    f"Clair at {self._where} could not agree on a media type for {where}"
-                ) from None
-            raise
 
 
 def _clair_message(answer: Response) -> str:
@@ -204,9 +183,7 @@ def analyze_v4(
             )
         manifest = {"hash": digest, "layers": layers}
         log.debug("posting manifest %s with %d layers", digest, len(image.layers))
-        index = clair.index(manifest, deadline)
-        if index.get("state") != "IndexFinished":
-            raise IndexFailed(f"Clair v4 could not index the image: {index.get('err') or index.get('state')}")
+        clair.index(manifest, deadline)
         sent = len({layer["hash"] for layer in layers})
         report = clair.vulnerability_report(digest, deadline)
     report = _wait_for_data(clair, digest, report, deadline)

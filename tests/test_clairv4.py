@@ -129,6 +129,32 @@ def test_detect_names_a_server_that_is_no_clair(server):
     assert str(raised.value).startswith(f"no Clair API at http://127.0.0.1:{server.port}")
 
 
+def test_detect_says_when_clair_v4_wants_authentication():
+    """A Clair v4 with `auth.psk` answers every API route 401 with an empty body."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ClairError) as raised:
+            detect(f"http://127.0.0.1:{httpd.server_address[1]}")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert str(raised.value).startswith("Clair v4 at http://127.0.0.1:") and "requires authentication" in str(
+        raised.value
+    )
+
+
 # --- scans ----------------------------------------------------------------------------------
 
 
