@@ -21,11 +21,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from clairsim4 import CVSS_ENRICHMENT, ClairV4Simulator
 
 import clairsim
+from clairsim4 import CVSS_ENRICHMENT, ClairV4Simulator
 from conftest import DATA, debian_image_layers
 from imagebuild import ApkPackage, alpine_files, write_layer
+from test_clairsim import database, postgres  # noqa: F401 - the v2 simulator's PostgreSQL fixtures
 
 VND_REPORT = "application/vnd.clair.indexreport.v1+json"
 VND_STATE = "application/vnd.clair.indexstate.v1+json"
@@ -609,3 +610,37 @@ def test_runs_standalone_and_stops_on_sigterm(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+# --- vulnerability data in PostgreSQL -----------------------------------------------------------
+
+
+def test_vulnerability_data_from_postgresql_gives_the_same_report(database, debian, host):  # noqa: F811
+    """The v2 simulator's PostgreSQL store serves v4 too: empty, the matcher answers 202; seeded
+    with the same data file, the report equals the in-memory one."""
+    from clairsim.seed import seed
+
+    body = manifest(debian)
+    path = f"/matcher/api/v1/vulnerability_report/{body['hash']}"
+    store = clairsim.PostgresStore(database)
+    try:
+        with ClairV4Simulator(store) as sim:
+            assert call(sim, "POST", "/indexer/api/v1/index_report", body).status == 201
+            assert call(sim, "GET", path).status == 202
+            seed(database, DATA)
+            from_db = call(sim, "GET", path).json()
+    finally:
+        store.close()
+    with ClairV4Simulator(clairsim.MemoryStore.from_json(str(DATA))) as sim:
+        call(sim, "POST", "/indexer/api/v1/index_report", body)
+        in_memory = call(sim, "GET", path).json()
+
+    def named(report: dict) -> set[tuple[str, str, str, str]]:
+        names = {pid: p["name"] for pid, p in report["packages"].items()}
+        return {
+            (names[pid], v["name"], v["fixed_in_version"], v["normalized_severity"])
+            for pid, vids in report["package_vulnerabilities"].items()
+            for v in (report["vulnerabilities"][vid] for vid in vids)
+        }
+
+    assert named(from_db) == named(in_memory) and len(named(from_db)) == 8

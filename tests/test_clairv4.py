@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clairsim4 import ClairV4Simulator
 
 import clairsim
+from clairsim4 import ClairV4Simulator
 from conftest import DATA, DEBIAN_EXPECTED, DEBIAN_HISTORY, debian_image_layers
 from imagebuild import ApkPackage, alpine_files, write_docker_save
 from scanner import archive, findings

@@ -9,9 +9,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from clairsim4 import ClairV4Simulator
 
 import clairsim
+from clairsim4 import ClairV4Simulator
 from conftest import DATA, DEBIAN_EXPECTED, DEBIAN_HISTORY, debian_image_layers, run_cli, run_process
 from imagebuild import save_events
 from reportcheck import validate_gitlab_report
