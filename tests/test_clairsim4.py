@@ -468,6 +468,16 @@ def test_get_and_delete_index_report(sim, debian, host):
     assert len(host.seen) == 3
 
 
+def test_bulk_delete_answers_the_digests_it_deleted(sim, debian, host):
+    """§3.5: DELETE index_report with a JSON array of digests: 200 and those actually deleted."""
+    body = manifest(debian)
+    call(sim, "POST", "/indexer/api/v1/index_report", body)
+    unknown = "sha256:" + "7" * 64
+    reply = call(sim, "DELETE", "/indexer/api/v1/index_report", [body["hash"], unknown])
+    assert (reply.status, reply.json()) == (200, [body["hash"]])
+    assert call(sim, "GET", f"/indexer/api/v1/index_report/{body['hash']}").status == 404
+
+
 def test_unregistered_routes_and_methods(sim):
     """§3.6: Go's plain-text 404 for unknown routes; 405 method-not-allowed on known ones."""
     page = call(sim, "GET", "/v1/namespaces")
