@@ -19,13 +19,13 @@ Transport, retries and deadlines are the v2 client's (clair.ClairClient). What d
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from . import names
 from .clair import ClairClient, Deadline, Response, json_object
 from .errors import ClairError, IndexFailed, LayerDigestMismatch, UnsupportedMediaType
 from .models import Cvss, Finding, Image, Layer, Severity
@@ -82,8 +82,7 @@ def layer_digest(layer: Layer) -> str:
 
 
 def manifest_hash(state: str, image: Image) -> str:
-    text = "\n".join(["clair-scan manifest v1", state, *(layer_digest(layer) for layer in image.layers)])
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return names.manifest_hash(state, [layer_digest(layer) for layer in image.layers])
 
 
 class ClairV4:

@@ -25,7 +25,7 @@ from urllib.parse import quote, urlsplit
 
 from . import dockerapi
 from .errors import ScanError
-from .names import chain_ids, normalize_url, plain_docker_endpoint
+from .names import chain_ids, manifest_hash, normalize_url, plain_docker_endpoint
 
 # Every import here delays the save request: typing and contextlib would cost ~3 ms of the ~20.
 # mypy reads any constant named TYPE_CHECKING as true.
@@ -113,7 +113,16 @@ def begin(argv: list[str], environ: dict[str, str]) -> None:
         top = chain_ids(diff_ids)[-1]
         clair_address = (parts.hostname or "", parts.port or 0)
         status, body = dockerapi.get(clair_address, f"{parts.path}/v1/layers/{top}", deadline)
-        # Clair v2 says it lacks a layer in JSON; a Clair v4's plain-text 404 says nothing about it.
+        if status == 404 and not body.startswith(b"{"):
+            # No Clair v2 (it says it lacks a layer in JSON): a Clair v4 lacks the image when it
+            # has no report for its manifest.
+            status, body = dockerapi.get(clair_address, f"{parts.path}/indexer/api/v1/index_state", deadline)
+            if status != 200:
+                return
+            digest = manifest_hash(json.loads(body)["state"], diff_ids)
+            status, body = dockerapi.get(
+                clair_address, f"{parts.path}/matcher/api/v1/vulnerability_report/{digest}", deadline
+            )
         if status != 404 or not body.startswith(b"{"):
             return  # held (a rescan: nothing to export), or an answer the normal path should see
         _started = HeadStart(ref, clair_url, dockerapi.send_save(address, image_id, TIMEOUT))

@@ -433,6 +433,14 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in answer.headers:
             self.send_header(key, value)
         self.send_header("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()))
+        if self.request_version != "HTTP/1.1" and answer.status not in (204, 304):
+            # An HTTP/1.0 client gets no chunks: Go ends the body by closing the connection.
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(answer.body)
+            self.close_connection = True
+            return
         if answer.api and answer.body and answer.status not in (204, 304):
             # Clair's handlers declare the trailer, so Go sends their bodies chunked.
             self.send_header("Trailer", "Clair-Error")
