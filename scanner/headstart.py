@@ -4,7 +4,8 @@ Loading the CLI, the pipeline, the layer server and the Clair client takes ~75 m
 before the export could begin, and Docker 20.10 sends nothing of a save before it has exported
 the whole image. So `begin` runs first, with the standard library only. It reads the command line
 as `clair-scan scan` will, and given an image and an explicit Clair (--clair or CLAIR_ADDR), asks
-the engine for the image's layers and Clair whether it holds the top one. If Clair lacks it,
+the engine for the image's layers and Clair whether it holds the top one (a Clair v4: whether it
+has a report for the image's manifest). If Clair lacks it,
 `begin` sends the engine the `docker save` request and returns: the engine exports while the rest
 of the scanner loads, and the pipeline claims the response instead of asking again. A rescan
 sends nothing.
