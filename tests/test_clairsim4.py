@@ -594,6 +594,54 @@ def test_alpine_packages_and_their_findings(sim, host, tmp_path):
     assert set(cvss_map) == {ids["CVE-2019-14697"]}  # curl's record has no CVSSv3 data
 
 
+def test_update_operations_date_the_data(sim):
+    """§4.3: {updater: [{ref, updater, fingerprint, date, kind}]}, ETag the latest ref, 304 on
+    If-None-Match, 400 for an unknown kind; none while there is no data."""
+    reply = call(sim, "GET", "/matcher/api/v1/internal/update_operation?kind=vulnerability&latest=true")
+    assert reply.status == 200
+    operations = reply.json()
+    assert set(operations) == {"debian/updater/buster", "alpine-main-v3.10-updater"}
+    (debian_op,) = operations["debian/updater/buster"]
+    assert list(debian_op) == ["ref", "updater", "fingerprint", "date", "kind"]
+    assert (debian_op["date"], debian_op["kind"]) == (
+        "2023-11-14T22:13:20Z",
+        "vulnerability",
+    )  # data's `updated`
+    assert reply.headers["Etag"].strip('"') in {ops[0]["ref"] for ops in operations.values()}
+    again = call(
+        sim,
+        "GET",
+        "/matcher/api/v1/internal/update_operation",
+        headers={"If-None-Match": reply.headers["Etag"]},
+    )
+    assert (again.status, again.body) == (304, b"")
+    enrichment = call(sim, "GET", "/matcher/api/v1/internal/update_operation?kind=enrichment").json()
+    assert list(enrichment) == ["clair.cvss"]
+    assert call(sim, "GET", "/matcher/api/v1/internal/update_operation?kind=nonsense").status == 400
+    with ClairV4Simulator(clairsim.MemoryStore()) as empty:
+        assert call(empty, "GET", "/matcher/api/v1/internal/update_operation").json() == {}
+
+
+def test_the_introspection_port():
+    """§1: /healthz answers "ok", /readyz an empty 200 once serving, only GET; the API port
+    does not serve them."""
+    with ClairV4Simulator(clairsim.MemoryStore(), introspection_port=0) as sim:
+        parts = urlsplit(sim.introspection_url)
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+        try:
+            connection.request("GET", "/healthz")
+            health = connection.getresponse()
+            assert (health.status, health.read()) == (200, b"ok")
+            connection.request("GET", "/readyz")
+            ready = connection.getresponse()
+            assert (ready.status, ready.read()) == (200, b"")
+            connection.request("POST", "/readyz")
+            assert connection.getresponse().status == 405
+        finally:
+            connection.close()
+        assert call(sim, "GET", "/readyz").status == 404
+
+
 # --- standalone ---------------------------------------------------------------------------------
 
 

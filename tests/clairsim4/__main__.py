@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clairsim4", description="A Clair v4.7.4 simulator")
     parser.add_argument("--port", type=int, default=6060)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--introspection-port", type=int, help="serve /healthz, /readyz and /metrics there")
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--data", default=str(DEFAULT_DATA), help="vulnerability data (clairsim's JSON format)"
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        simulator = ClairV4Simulator(store, args.host, args.port, log_stream=sys.stdout).start()
+        simulator = ClairV4Simulator(
+            store, args.host, args.port, introspection_port=args.introspection_port, log_stream=sys.stdout
+        ).start()
     except OSError as err:
         print(f"clairsim4: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
         return 1

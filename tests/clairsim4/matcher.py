@@ -18,11 +18,14 @@ record becomes what Clair v4's updaters store:
 
 from __future__ import annotations
 
+import time
+import uuid
+from datetime import datetime, timezone
 from typing import Any
 
-from clairsim import versions
+from clairsim import detect, versions
 from clairsim.model import FeatureKey, Vulnerability
-from clairsim.store import Store
+from clairsim.store import UPDATER_LAST, Store
 
 from .indexer import IndexRecord
 from .model import CVSS_ENRICHMENT, NORMALIZED, ZERO_TIME, Distribution, IdTable, sorted_map
@@ -86,10 +89,52 @@ def _links(vulnerability: Vulnerability) -> str:
     return " ".join(links)
 
 
+_DEBIAN_CODENAMES: dict[str, str] = {}
+for _name, _number in detect.DEBIAN_RELEASES.items():
+    _DEBIAN_CODENAMES.setdefault(_number, _name)  # codenames come before "stable" and the like
+
+
+def updater_name(namespace: str) -> str:
+    """The claircore updater that would have written a namespace's records."""
+    did, _, version = namespace.partition(":")
+    if did == "debian":
+        return f"debian/updater/{_DEBIAN_CODENAMES.get(version, version)}"
+    if did == "alpine":
+        return f"alpine-main-{version}-updater"
+    return f"{did}-{version}-updater"
+
+
+def update_operations(store: Store, kind: str) -> dict[str, list[dict[str, str]]]:
+    """GET …/internal/update_operation: one finished operation per updater that has data, dated
+    by the data file's `updated` (the time of loading when it has none)."""
+    namespaces = sorted(
+        ns.name for ns in store.list_namespaces() if store.list_vulnerabilities(ns.name, 1, 0)[0]
+    )
+    if not namespaces:
+        return {}
+    updated = store.get_key_value(UPDATER_LAST)
+    stamp = datetime.fromtimestamp(int(updated) if updated else _LOADED, timezone.utc)
+    date = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    names = [updater_name(ns) for ns in namespaces] if kind == "vulnerability" else ["clair.cvss"]
+    return {
+        name: [
+            {
+                "ref": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{name} {date}")),
+                "updater": name,
+                "fingerprint": "",
+                "date": date,
+                "kind": kind,
+            }
+        ]
+        for name in names
+    }
+
+
+_LOADED = int(time.time())
+
+
 def _updater(distribution: Distribution) -> str:
-    if distribution.did == "debian":
-        return f"debian/updater/{distribution.version_code_name or distribution.version_id}"
-    return f"{distribution.did}-main-v{distribution.version_id}-updater"
+    return updater_name(namespace_of(distribution) or distribution.did)
 
 
 def vulnerability_report(

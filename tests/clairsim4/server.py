@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
@@ -29,6 +30,7 @@ from .model import DigestError, IdTable, LayerSpec, Manifest, encode, error_body
 INDEX_REPORT = "/indexer/api/v1/index_report"
 INDEX_STATE = "/indexer/api/v1/index_state"
 VULNERABILITY_REPORT = "/matcher/api/v1/vulnerability_report/"
+UPDATE_OPERATION = "/matcher/api/v1/internal/update_operation"
 VND_INDEX_REPORT = "application/vnd.clair.indexreport.v1+json"
 VND_INDEX_STATE = "application/vnd.clair.indexstate.v1+json"
 SNIFFED_TEXT = "text/plain; charset=utf-8"
@@ -107,6 +109,7 @@ class ClairV4Simulator:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        introspection_port: int | None = None,
         log_stream: IO[str] | None = None,
     ) -> None:
         self.store = store
@@ -118,8 +121,10 @@ class ClairV4Simulator:
         self._downloads: list[DownloadRecord] = []
         self.indexer = Indexer(self.ids, self._record_download, self.state_for(SCANNERS))
         self.log_stream = log_stream
+        self._introspection_port = introspection_port
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._introspection: _Server | None = None
+        self._threads: list[threading.Thread] = []
 
     @staticmethod
     def state_for(scanners: tuple[str, ...]) -> str:
@@ -139,25 +144,45 @@ class ClairV4Simulator:
     # lifecycle
 
     def start(self) -> ClairV4Simulator:
-        server = _Server((self.host, self._requested_port), _Handler)
-        server.simulator = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._server = self._serve(self._requested_port, introspection=False)
+        if self._introspection_port is not None:
+            self._introspection = self._serve(self._introspection_port, introspection=True)
         self._log(f"clairsim4 listening on {self.url}")
         return self
 
+    def _serve(self, port: int, introspection: bool) -> _Server:
+        server = _Server((self.host, port), _Handler)
+        server.simulator = self
+        server.introspection = introspection
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return server
+
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
+        servers = [s for s in (self._server, self._introspection) if s is not None]
+        self._server = self._introspection = None
+        for server in servers:
             server.shutdown()
             server.server_close()
             server.close_connections()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+
+    def introspect(self, method: str, path: str) -> Answer:
+        """The introspection port (§1): /healthz always "ok", /readyz empty 200 once serving
+        (503 until then in Clair), /metrics a small Prometheus text; only GET."""
+        if path not in ("/healthz", "/readyz", "/metrics"):
+            return _not_found_page()
+        if method != "GET":
+            return Answer(405, b"", api=False)
+        if path == "/healthz":
+            return Answer(200, b"ok", [("Content-Type", SNIFFED_TEXT)], api=False)
+        if path == "/readyz":
+            return Answer(200, b"", api=False)
+        text = f"clairsim4_index_reports {len(self.indexer.reports)}\n".encode()
+        return Answer(200, text, [("Content-Type", "text/plain; version=0.0.4")], api=False)
 
     def __enter__(self) -> ClairV4Simulator:
         return self.start()
@@ -172,8 +197,16 @@ class ClairV4Simulator:
 
     @property
     def url(self) -> str:
+        return self._base(self.port)
+
+    @property
+    def introspection_url(self) -> str:
+        assert self._introspection is not None, "started without an introspection_port"
+        return self._base(int(self._introspection.server_address[1]))
+
+    def _base(self, port: int) -> str:
         host = self.host if self.host not in ("", "0.0.0.0") else "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{port}"
 
     def _log(self, text: str) -> None:
         if self.log_stream is not None:
@@ -206,7 +239,7 @@ class ClairV4Simulator:
 
     # routing
 
-    def answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
+    def answer(self, method: str, path: str, headers: dict[str, str], body: bytes, query: str = "") -> Answer:
         if path == INDEX_REPORT:
             if method == "POST":
                 return self._post_index_report(headers, body)
@@ -228,6 +261,10 @@ class ClairV4Simulator:
             if method != "GET":
                 return _error(405, f"method disallowed: {method}")
             return self._index_state(headers)
+        if path == UPDATE_OPERATION:
+            if method != "GET":
+                return _error(405, f"method disallowed: {method}")
+            return self._update_operation(query, headers)
         if path.startswith(VULNERABILITY_REPORT):
             if method != "GET":
                 return _error(405, "endpoint only allows GET")
@@ -317,6 +354,19 @@ class ClairV4Simulator:
             return Answer(304, b"", [self._etag()])
         return Answer(200, encode({"state": self.indexer.state}), [self._etag(), ("Content-Type", chosen)])
 
+    def _update_operation(self, query: str, headers: dict[str, str]) -> Answer:
+        """§4.3: {updater: [operation]}, ETag the latest ref, 304 when If-None-Match has it."""
+        params = urllib.parse.parse_qs(query)
+        kind = (params.get("kind") or ["vulnerability"])[0]
+        if kind not in ("vulnerability", "enrichment"):
+            return _error(400, f"unknown kind: {kind!r}")
+        operations = matcher.update_operations(self.store, kind)
+        latest = max((ops[0] for ops in operations.values()), key=lambda op: op["date"], default=None)
+        etag = [("Etag", f'"{latest["ref"]}"')] if latest else []
+        if latest and headers.get("if-none-match") == f'"{latest["ref"]}"':
+            return Answer(304, b"", etag)
+        return Answer(200, encode(operations), [*etag, ("Content-Type", SNIFFED_TEXT)])
+
     def _vulnerability_report(self, raw: str) -> Answer:
         try:
             digest = parse_digest(raw)
@@ -371,6 +421,7 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
     simulator: ClairV4Simulator
+    introspection = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.connections: set[socket.socket] = set()
@@ -419,9 +470,12 @@ class _Handler(BaseHTTPRequestHandler):
         record = RequestRecord(self.command, self.path, None, dict(self.headers.items()), body)
         simulator._record(record)
         headers = {key.lower(): value for key, value in reversed(self.headers.items())}
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         try:
-            answer = simulator.answer(self.command, path, headers, body)
+            if self.server.introspection:
+                answer = simulator.introspect(self.command, path)
+            else:
+                answer = simulator.answer(self.command, path, headers, body, query)
         except Exception as err:  # a simulator bug: answer 500 rather than hang the client
             print(f"clairsim4: handler failed: {err!r}", file=sys.stderr)
             answer = _error(500, f"simulator error: {err!r}")
