@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -494,23 +495,51 @@ def _archive_images(
         if len(diff_ids) != len(layer_names) or not diff_ids:
             raise ValueError(f"{config_name}: layer count does not match the manifest")
         created_by = history_from_config(config.get("history") or [], len(diff_ids))
+        blobs = [index.resolve(name) for name in layer_names]
+        for name, found in zip(layer_names, blobs, strict=True):
+            if found is None:
+                raise ValueError(f"layer {name} is missing from the archive")
         layers = tuple(
-            Layer(i, d, c, created_by[i])
-            for i, (d, c) in enumerate(zip(diff_ids, chain_ids(diff_ids), strict=True))
+            Layer(i, d, c, created_by[i], _compressed_digest(tar, name, blob))
+            for i, (d, c, name, blob) in enumerate(
+                zip(diff_ids, chain_ids(diff_ids), layer_names, blobs, strict=True)
+            )
         )
         config_blob = index.resolve(config_name)
         assert config_blob is not None
         config_digest = "sha256:" + posixpath.basename(config_name).removesuffix(".json")
         image = Image(name=tags[0] if tags else fallback_name, id=config_digest, layers=layers)
         files = LayerFiles(len(layers))
-        for i, name in enumerate(layer_names):
-            blob = index.resolve(name)
-            if blob is None:
-                raise ValueError(f"layer {name} is missing from the archive")
+        for i, blob in enumerate(blobs):
+            assert blob is not None
             files.put(i, blob)
         files.finish()
         images.append(ArchiveImage(image, files))
     return images
+
+
+def _compressed_digest(tar: tarfile.TarFile, name: str, blob: Blob | None) -> str:
+    """The digest of a compressed layer blob's bytes ("" for a plain tar, whose digest is its
+    diff ID): an OCI blob is named by it, any other is hashed."""
+    handle = tar.fileobj
+    assert handle is not None and blob is not None
+    handle.seek(blob.offset)
+    head = handle.read(4)
+    if not (head.startswith(b"\x1f\x8b\x08") or head == b"\x28\xb5\x2f\xfd"):
+        return ""
+    named = _BLOB.match(name)
+    if named:
+        return "sha256:" + named.group(1)
+    handle.seek(blob.offset)
+    digest = hashlib.sha256()
+    left = blob.size
+    while left > 0:
+        chunk = handle.read(min(CHUNK, left))
+        if not chunk:
+            raise ValueError(f"layer {name} is cut short")
+        digest.update(chunk)
+        left -= len(chunk)
+    return "sha256:" + digest.hexdigest()
 
 
 def _oci_entry(

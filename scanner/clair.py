@@ -24,7 +24,7 @@ from .names import normalize_url, redact
 
 log = logging.getLogger(__name__)
 
-_RETRY_STATUS = {500, 502, 503, 504}
+_RETRY_STATUS = frozenset({500, 502, 503, 504})
 
 
 class Deadline:
@@ -74,10 +74,10 @@ class ClairClient:
     def layer(self, name: str, deadline: Deadline, vulnerabilities: bool = True) -> dict[str, Any] | None:
         """The layer with its (cumulative) features and their vulnerabilities, or None if unknown."""
         query = "?features&vulnerabilities" if vulnerabilities else ""
-        response = self._call("GET", f"/v1/layers/{name}{query}", deadline, ok=(200, 404))
+        response = self.call("GET", f"/v1/layers/{name}{query}", deadline, ok=(200, 404))
         if response.status == 404:
             return None
-        layer = _json(response).get("Layer")
+        layer = json_object(response).get("Layer")
         if not isinstance(layer, dict):
             raise ClairError(f"Clair at {redact(self.url)} answered GET /v1/layers without a layer")
         return layer
@@ -91,7 +91,7 @@ class ClairClient:
         if headers:
             layer["Headers"] = headers
         try:
-            self._call("POST", "/v1/layers", deadline, ok=(201,), body={"Layer": layer})
+            self.call("POST", "/v1/layers", deadline, ok=(201,), body={"Layer": layer})
         except ClairError as exc:
             if "could not find layer" not in exc.message and "could not download" not in exc.message:
                 raise
@@ -105,12 +105,20 @@ class ClairClient:
             raise ClairError(exc.message, hint=hint) from None
 
     def namespaces(self, deadline: Deadline) -> list[str]:
-        response = self._call("GET", "/v1/namespaces", deadline, ok=(200,))
-        return [str(n.get("Name")) for n in _json(response).get("Namespaces") or []]
+        response = self.call("GET", "/v1/namespaces", deadline, ok=(200,))
+        return [str(n.get("Name")) for n in json_object(response).get("Namespaces") or []]
 
-    def _call(
-        self, method: str, path: str, deadline: Deadline, ok: tuple[int, ...], body: Any = None
+    def call(
+        self,
+        method: str,
+        path: str,
+        deadline: Deadline,
+        ok: tuple[int, ...],
+        body: Any = None,
+        retry_status: frozenset[int] = _RETRY_STATUS,
     ) -> Response:
+        """One API call, retried on `retry_status` and dropped connections within the deadline;
+        any other status outside `ok` is a ClairError naming Clair's message."""
         where = f"{method} {path.split('?')[0]}"
         payload = None if body is None else json.dumps(body).encode()
         delay = self.backoff
@@ -135,7 +143,7 @@ class ClairClient:
                 if response.status in ok:
                     return response
                 error = ClairError(f"Clair answered {response.status} to {where}: {_message(response)}")
-                if response.status not in _RETRY_STATUS:
+                if response.status not in retry_status:
                     raise error
             if attempt < self.retries and deadline.remaining() > delay:
                 log.debug("retrying %s in %.1fs after: %s", where, delay, error)
@@ -192,7 +200,7 @@ def _dropped(sock: Any) -> bool:
         return True
 
 
-def _json(response: Response) -> dict[str, Any]:
+def json_object(response: Response) -> dict[str, Any]:
     try:
         data = json.loads(response.body)
     except ValueError:
@@ -203,9 +211,11 @@ def _json(response: Response) -> dict[str, Any]:
 
 
 def _message(response: Response) -> str:
-    """Clair's error envelope `{"Error": {"Message": ...}}`, or the first line of a plain body."""
+    """Clair's error envelope, v2's `{"Error": {"Message": ...}}` or v4's `{"code", "message"}`,
+    or the first line of a plain body."""
     try:
-        message = json.loads(response.body)["Error"]["Message"]
+        data = json.loads(response.body)
+        message = data["Error"]["Message"] if "Error" in data else data["message"]
         if isinstance(message, str) and message:
             return message
     except (ValueError, KeyError, TypeError):

@@ -33,6 +33,18 @@ class ClairError(ScanError):
     """Clair failed, answered with an error, or did not answer in time."""
 
 
+class LayerDigestMismatch(ClairError):
+    """Clair v4 downloaded a layer whose bytes do not hash to the digest it was given."""
+
+
+class UnsupportedMediaType(ClairError):
+    """Clair v4 refused a layer's Content-Type, or could not agree on one with us."""
+
+
+class IndexFailed(ClairError):
+    """Clair v4 ended indexing an image in its IndexError state."""
+
+
 class BackendError(ScanError):
     """The local Clair/PostgreSQL containers could not be brought up or inspected."""
 

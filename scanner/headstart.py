@@ -4,7 +4,8 @@ Loading the CLI, the pipeline, the layer server and the Clair client takes ~75 m
 before the export could begin, and Docker 20.10 sends nothing of a save before it has exported
 the whole image. So `begin` runs first, with the standard library only. It reads the command line
 as `clair-scan scan` will, and given an image and an explicit Clair (--clair or CLAIR_ADDR), asks
-the engine for the image's layers and Clair whether it holds the top one. If Clair lacks it,
+the engine for the image's layers and Clair whether it holds the top one (a Clair v4: whether it
+has a report for the image's manifest). If Clair lacks it,
 `begin` sends the engine the `docker save` request and returns: the engine exports while the rest
 of the scanner loads, and the pipeline claims the response instead of asking again. A rescan
 sends nothing.
@@ -25,7 +26,7 @@ from urllib.parse import quote, urlsplit
 
 from . import dockerapi
 from .errors import ScanError
-from .names import chain_ids, normalize_url, plain_docker_endpoint
+from .names import chain_ids, manifest_hash, normalize_url, plain_docker_endpoint
 
 # Every import here delays the save request: typing and contextlib would cost ~3 ms of the ~20.
 # mypy reads any constant named TYPE_CHECKING as true.
@@ -122,7 +123,18 @@ def begin(argv: list[str], environ: dict[str, str]) -> None:
         image_id, diff_ids = attrs["Id"], attrs["RootFS"]["Layers"]
         top = chain_ids(diff_ids)[-1]
         clair_address = (parts.hostname or "", parts.port or 0)
-        if dockerapi.get(clair_address, f"{parts.path}/v1/layers/{top}", deadline)[0] != 404:
+        status, body = dockerapi.get(clair_address, f"{parts.path}/v1/layers/{top}", deadline)
+        if status == 404 and not body.startswith(b"{"):
+            # No Clair v2 (it says it lacks a layer in JSON): a Clair v4 lacks the image when it
+            # has no report for its manifest.
+            status, body = dockerapi.get(clair_address, f"{parts.path}/indexer/api/v1/index_state", deadline)
+            if status != 200:
+                return
+            digest = manifest_hash(json.loads(body)["state"], diff_ids)
+            status, body = dockerapi.get(
+                clair_address, f"{parts.path}/matcher/api/v1/vulnerability_report/{digest}", deadline
+            )
+        if status != 404 or not body.startswith(b"{"):
             return  # held (a rescan: nothing to export), or an answer the normal path should see
         _started = HeadStart(ref, clair_url, dockerapi.send_save(address, image_id, TIMEOUT))
     except (OSError, ValueError, KeyError, TypeError, IndexError, ScanError):

@@ -37,6 +37,9 @@ class Layer:
     diff_id: str
     chain_id: str
     created_by: str = ""
+    digest: str = ""
+    """The digest of the bytes served for this layer when they are not the tar's (a compressed
+    blob); Clair v4 checks what it downloads against it."""
 
 
 @dataclass(frozen=True)

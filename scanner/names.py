@@ -23,6 +23,13 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     return chain
 
 
+def manifest_hash(state: str, digests: list[str]) -> str:
+    """The name of an image's Clair v4 manifest: its layers' digests under Clair's indexer state
+    (see clairv4.py for why the state is part of it)."""
+    text = "\n".join(["clair-scan manifest v1", state, *digests])
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 def normalize_url(url: str) -> str:
     """Accept what klar's CLAIR_ADDR accepts: `host:port` without a scheme means http."""
     url = url.strip().rstrip("/")

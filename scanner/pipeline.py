@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Protocol
 
-from . import findings, whitelist
+from . import clairv4, findings, whitelist
 from .clair import ClairClient, Deadline
 from .errors import ClairError, ScanError
-from .models import Analysis, Image, ImageResult, Severity
-from .sources import Pending, Remote, Target
+from .models import Analysis, Image, ImageResult, Layer, Severity
+from .names import redact
+from .sources import LayerAccess, Pending, Remote, Target
 
 if TYPE_CHECKING:
     from .layerserver import LayerServer
@@ -156,6 +157,41 @@ def analyze(
     )
 
 
+def analyze_v4(
+    target: Target, clair: ClairClient, resources: _Resources, settings: Settings, observer: Observer
+) -> Analysis:
+    """As `analyze`, against Clair v4: one manifest for the image. The image is exported and its
+    layers published only when Clair lacks the manifest; Clair downloads them while we wait."""
+    img = target.image
+    started = _now()
+    deadline = Deadline(settings.clair_timeout)
+    observer.status(img.name, "asking Clair v4")
+    with ExitStack() as stack:
+        opened: list[LayerAccess] = []
+
+        def layer_uri(layer: Layer) -> tuple[str, dict[str, str]]:
+            if not opened:
+                observer.status(img.name, f"exporting and indexing {len(img.layers)} layers")
+                opened.append(stack.enter_context(target.layer_files(resources.workdir())))
+            access = opened[0].wait(layer.index, deadline.remaining())
+            if isinstance(access, Remote):
+                return access.url, dict(access.headers)
+            server = resources.server()
+            url = server.publish(layer.chain_id, access)
+            stack.callback(server.withdraw, layer.chain_id)
+            return url, {}
+
+        try:
+            namespace, packages, found, sent = clairv4.analyze_v4(clair, img, layer_uri, deadline)
+        except ClairError:
+            if opened:
+                opened[0].check()  # a save that broke while Clair downloaded is the real cause
+            raise
+    if sent:
+        observer.layers(img.name, sent, sent)
+    return Analysis(img, namespace, packages, found, started, _now(), sent)
+
+
 def run(
     targets: list[Pending],
     clair_url: str,
@@ -170,13 +206,19 @@ def run(
     clair = ClairClient(clair_url)
     with ExitStack() as stack:
         stack.callback(clair.close)
+        try:
+            api = clairv4.detect(clair_url, settings.clair_timeout, clair)
+        except ScanError as exc:
+            return [Outcome(name, error=t if isinstance(t, ScanError) else exc) for name, t in targets]
+        log.info("Clair at %s speaks the %s API", redact(clair_url), api)
+        analyze_one = analyze_v4 if api == "v4" else analyze
         resources = _Resources(stack, settings)
         for index, (name, target) in enumerate(targets):
             if isinstance(target, ScanError):
                 outcomes.append(Outcome(name, error=target))
                 continue
             try:
-                analysis = analyze(target, clair, resources, settings, observer)
+                analysis = analyze_one(target, clair, resources, settings, observer)
                 result = whitelist.apply(
                     analysis, settings.whitelist, settings.threshold, settings.ignore_unfixed
                 )

@@ -85,7 +85,7 @@ def read_oci_dir(spec: str, platform: str | None) -> list[Any]:
                 raise ValueError(f"{name}: the config's layers do not match the manifest's")
             created_by = history_from_config(config.get("history") or [], len(diff_ids))
             layers = tuple(
-                Layer(i, d, c, created_by[i])
+                Layer(i, d, c, created_by[i], str(layer_descs[i]["digest"]))
                 for i, (d, c) in enumerate(zip(diff_ids, chain_ids(diff_ids), strict=True))
             )
             files = LayerFiles(len(layers))

@@ -450,8 +450,9 @@ class RegistryImage:
         from ..archive import history_from_config
 
         created_by = history_from_config(config.get("history") or [], len(diff_ids))
+        # Clair v4 checks what it downloads against `digest`: the blob's, compressed or not.
         layers = tuple(
-            Layer(i, d, c, created_by[i])
+            Layer(i, d, c, created_by[i], self.layers[i].digest)
             for i, (d, c) in enumerate(zip(diff_ids, chain_ids(diff_ids), strict=True))
         )
         self.image = Image(

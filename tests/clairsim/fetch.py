@@ -48,6 +48,7 @@ class DownloadRecord:
     error: str | None = None
     request_headers: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    response_headers: dict[str, str] = field(default_factory=dict)  # of the final response
 
 
 def canonical_header_key(key: str) -> str:
@@ -153,9 +154,14 @@ def _connect(url: urllib.parse.SplitResult, insecure_tls: bool) -> tuple[http.cl
 
 
 def open_layer(
-    path: str, headers: dict[str, str] | None, record: DownloadRecord, insecure_tls: bool = False
+    path: str,
+    headers: dict[str, str] | dict[str, list[str]] | None,
+    record: DownloadRecord,
+    insecure_tls: bool = False,
 ) -> BinaryIO:
-    """Open the layer for streaming; raise FetchError as Clair would answer 400."""
+    """Open the layer for streaming; raise FetchError as Clair would answer 400.
+
+    A header value may be a list (Go's http.Header, as Clair v4 takes it): one line per value."""
     if not path.startswith(("http://", "https://")):
         if os.path.isdir(path):
             return _DirectoryReader()  # type: ignore[return-value]
@@ -165,13 +171,15 @@ def open_layer(
             raise FetchError(str(err)) from None
         return CountingReader(handle, record, [handle])  # type: ignore[return-value]
 
-    request_headers = {"User-Agent": "Go-http-client/1.1"}
+    request_headers: dict[str, str | list[str]] = {"User-Agent": "Go-http-client/1.1"}
     for key, value in (headers or {}).items():
         request_headers[canonical_header_key(key)] = value
     decode_gzip = "Accept-Encoding" not in request_headers
     if decode_gzip:
         request_headers["Accept-Encoding"] = "gzip"
-    record.request_headers = dict(request_headers)
+    record.request_headers = {
+        key: ", ".join(value) if isinstance(value, list) else value for key, value in request_headers.items()
+    }
 
     initial = urllib.parse.urlsplit(path)
     url = initial
@@ -193,12 +201,14 @@ def open_layer(
                     sent.pop(key, None)
             connection.putrequest("GET", target, skip_accept_encoding=True)
             for key, value in sent.items():
-                connection.putheader(key, value)
+                for one in value if isinstance(value, list) else [value]:
+                    connection.putheader(key, one)
             connection.endheaders()
             response = connection.getresponse()
         except (OSError, http.client.HTTPException, ValueError) as err:
             raise FetchError(f"Get {path}: {err}") from None
         record.status = response.status
+        record.response_headers = {key: value for key, value in reversed(response.getheaders())}
         location = response.getheader("Location")
         if response.status in (301, 302, 303, 307, 308) and location:
             response.close()
