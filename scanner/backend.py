@@ -615,15 +615,20 @@ def _remove_labelled(client: Any, label: str, pending: list[str] | None = None) 
     return removed
 
 
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
 def cleanup(client: Any, owner: str, progress: Progress, interrupted: bool = False) -> None:
-    """Remove what the run `owner` created, and nothing else. The removal runs in a thread of its
-    own, so that Ctrl-C or SIGTERM cannot cut a Docker request short: a second signal is answered
-    with what is still being removed, and only the third (counting the one that started the
-    cleanup, if `interrupted`) gives up, naming what remains. A failure to remove is reported and,
-    unless an error is already on its way out, raised."""
+    """Remove what the run `owner` created, and nothing else, surviving Ctrl-C and SIGTERM.
+
+    The removal runs in a thread of its own while this one holds the signals back and takes them
+    one by one (sigtimedwait), so no signal can cut a Docker request short or land between two
+    steps. A second signal (counting the one that started the cleanup, if `interrupted`) is
+    answered with what is still being removed; only the third gives up, naming what remains.
+    Afterwards the signals received are raised again, so the run still ends as interrupted. A
+    failure to remove is reported and, unless an error is already on its way out, raised."""
     pending: list[str] = ["the appliance's containers"]
     failure: list[BaseException] = []
-
     done = threading.Event()
 
     def work() -> None:
@@ -634,27 +639,39 @@ def cleanup(client: Any, owner: str, progress: Progress, interrupted: bool = Fal
         finally:
             done.set()
 
-    progress.status("backend", "removing the appliance")
-    start_daemon(work, "clair-scan-cleanup")
-    signals: list[KeyboardInterrupt] = []
-    while not done.is_set():
-        try:
-            done.wait(0.5)
-        except KeyboardInterrupt as exc:
-            signals.append(exc)
+    received: list[int] = []
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        progress.status("backend", "removing the appliance")
+        start_daemon(work, "clair-scan-cleanup")
+        while not done.is_set():
+            caught = signal.sigtimedwait(_STOPS, 0.2)
+            if caught is None:
+                continue
+            received.append(caught.si_signo)
             left = ", ".join(pending) or "the appliance"
-            if interrupted + len(signals) >= 3:
+            if interrupted + len(received) >= 3:
                 progress.warn(f"gave up removing {left}; `clair-scan down` removes it")
-                raise
+                break
             progress.warn(f"still removing {left}; interrupt once more to give up")
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    if received:
+        _raise_signal(received[-1])
     if failure:
         error = failure[0]
-        if interrupted or signals or not isinstance(error, BackendError):
+        if interrupted or not isinstance(error, BackendError):
             progress.warn(f"cleanup failed: {error}")
         else:
             raise error
-    if signals:
-        raise signals[0]
+
+
+def _raise_signal(signum: int) -> None:
+    """Deliver a signal taken off the queue again, through the handler the CLI installed (which
+    raises KeyboardInterrupt, or its subclass for SIGTERM)."""
+    if callable(signal.getsignal(signum)):
+        signal.raise_signal(signum)
+    raise KeyboardInterrupt
 
 
 @contextmanager

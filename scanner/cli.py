@@ -467,9 +467,9 @@ def up(
         terminal.info(f"the appliance is already running: Clair at {running.clair_url}")
         if running.update_interval is not None and running.update_interval != interval:
             terminal.warn(
-                f"its Clair {describe_updates(running.update_interval)}, not"
-                f" {describe_updates(interval)} as asked; restart it with `clair-scan down` and"
-                " `clair-scan up` with the update option you want"
+                f"its updater is {describe_updates(running.update_interval)}, not"
+                f" {describe_updates(interval)} as asked; to change that, restart it with"
+                " `clair-scan down` and `clair-scan up` with the update option you want"
             )
         return OK
 

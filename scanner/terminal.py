@@ -198,10 +198,9 @@ class Terminal:
         for namespace, count in data.vulnerabilities:
             counts.add_row(Text(namespace), str(count))
         self.out.print(counts)
-        updater = "an update is running now" if data.updating else "no update is running"
-        if state.update_interval is not None:
-            updater = f"Clair {describe_updates(state.update_interval)}; {updater}"
-        self.out.print(Text(updater[:1].upper() + updater[1:]))
+        setting = "unknown" if state.update_interval is None else describe_updates(state.update_interval)
+        running = "an update is running now" if data.updating else "no update is running"
+        self.out.print(Text(f"Clair's updater: {setting}; {running}"))
         if data.updated is None:
             self.warn("the age of the vulnerability data is unknown (no updater/last record)")
             return 3 if fail_on_unknown else 0
@@ -226,13 +225,13 @@ class _Silent(_PlainProgress):
 
 
 def describe_updates(interval: float) -> str:
-    """How often Clair updates its vulnerability data, in words."""
+    """Clair's updater setting in words: "off", "every 2h"."""
     if interval <= 0:
-        return "never updates its data"
+        return "off"
     for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):
         if interval >= seconds and interval % seconds == 0:
-            return f"updates its data every {interval / seconds:g}{unit}"
-    return f"updates its data every {interval:g}s"
+            return f"every {interval / seconds:g}{unit}"
+    return f"every {interval:g}s"
 
 
 def _shorten(text: str, width: int) -> str:
