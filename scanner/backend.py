@@ -597,13 +597,18 @@ def remove(client: Any, run: str | None = None, pending: list[str] | None = None
     return _remove_labelled(client, f"{RUN}={run}" if run else LABEL, pending)
 
 
-def _remove_labelled(client: Any, label: str, pending: list[str] | None = None) -> int:
-    pending = [] if pending is None else pending
+def _labelled(client: Any, label: str) -> tuple[list[Any], list[Any]]:
     containers = _running(client, label)
     try:
         networks = client.networks.list(filters={"label": label})
     except docker.errors.DockerException as exc:
         raise BackendError(f"cannot list networks: {first_line(exc)}") from None
+    return containers, networks
+
+
+def _remove_labelled(client: Any, label: str, pending: list[str] | None = None) -> int:
+    containers, networks = _labelled(client, label)
+    pending = [] if pending is None else pending
     pending[:] = [c.name for c in containers] + [n.name for n in networks]
     removed = 0
     for container in containers:
@@ -627,13 +632,18 @@ def cleanup(client: Any, owner: str, progress: Progress, interrupted: bool = Fal
     answered with what is still being removed; only the third gives up, naming what remains.
     Afterwards the signals received are raised again, so the run still ends as interrupted. A
     failure to remove is reported and, unless an error is already on its way out, raised."""
-    pending: list[str] = ["the appliance's containers"]
+    pending: list[str] = []
     failure: list[BaseException] = []
     done = threading.Event()
 
-    def work() -> None:
+    def work(containers: list[Any], networks: list[Any]) -> None:
         try:
-            _remove_labelled(client, f"{OWNER}={owner}", pending)
+            for container in containers:
+                _remove_container(container)
+                pending.remove(container.name)
+            for network in networks:
+                _remove_network(network)
+                pending.remove(network.name)
         except BaseException as exc:  # handed to the main thread
             failure.append(exc)
         finally:
@@ -642,8 +652,14 @@ def cleanup(client: Any, owner: str, progress: Progress, interrupted: bool = Fal
     received: list[int] = []
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     try:
-        progress.status("backend", "removing the appliance")
-        start_daemon(work, "clair-scan-cleanup")
+        try:  # a listing is quick; signals wait for it, so the names below are always known
+            containers, networks = _labelled(client, f"{OWNER}={owner}")
+        except BackendError as exc:
+            failure.append(exc)
+            containers, networks = [], []
+        pending[:] = [c.name for c in containers] + [n.name for n in networks]
+        progress.status("backend", "removing " + (", ".join(pending) or "nothing"))
+        start_daemon(work, "clair-scan-cleanup", containers=containers, networks=networks)
         while not done.is_set():
             caught = signal.sigtimedwait(_STOPS, 0.2)
             if caught is None:
