@@ -627,7 +627,7 @@ def cleanup(client: Any, owner: str, progress: Progress, interrupted: bool = Fal
     """Remove what the run `owner` created, and nothing else, surviving Ctrl-C and SIGTERM.
 
     The removal runs in a thread of its own while this one holds the signals back and takes them
-    one by one (sigtimedwait), so no signal can cut a Docker request short or land between two
+    one by one (sigpending, sigwait), so no signal can cut a Docker request short or land between two
     steps. A second signal (counting the one that started the cleanup, if `interrupted`) is
     answered with what is still being removed; only the third gives up, naming what remains.
     Afterwards the signals received are raised again, so the run still ends as interrupted. A
@@ -658,13 +658,14 @@ def cleanup(client: Any, owner: str, progress: Progress, interrupted: bool = Fal
             failure.append(exc)
             containers, networks = [], []
         pending[:] = [c.name for c in containers] + [n.name for n in networks]
-        progress.status("backend", "removing " + (", ".join(pending) or "nothing"))
+        if pending:
+            progress.status("backend", "removing " + ", ".join(pending))
         start_daemon(work, "clair-scan-cleanup", containers=containers, networks=networks)
-        while not done.is_set():
-            caught = signal.sigtimedwait(_STOPS, 0.2)
-            if caught is None:
+        while not done.wait(0.2):
+            waiting = signal.sigpending() & _STOPS
+            if not waiting:
                 continue
-            received.append(caught.si_signo)
+            received.append(signal.sigwait(waiting))  # returns at once: one is pending
             left = ", ".join(pending) or "the appliance"
             if interrupted + len(received) >= 3:
                 progress.warn(f"gave up removing {left}; `clair-scan down` removes it")
