@@ -627,7 +627,7 @@ def cleanup(client: Any, owner: str, progress: Progress, interrupted: bool = Fal
     """Remove what the run `owner` created, and nothing else, surviving Ctrl-C and SIGTERM.
 
     The removal runs in a thread of its own while this one holds the signals back and takes them
-    one by one (sigpending, sigwait), so no signal can cut a Docker request short or land between two
+    one by one, so no signal can cut a Docker request short or land between two
     steps. A second signal (counting the one that started the cleanup, if `interrupted`) is
     answered with what is still being removed; only the third gives up, naming what remains.
     Afterwards the signals received are raised again, so the run still ends as interrupted. A
@@ -661,11 +661,11 @@ def cleanup(client: Any, owner: str, progress: Progress, interrupted: bool = Fal
         if pending:
             progress.status("backend", "removing " + ", ".join(pending))
         start_daemon(work, "clair-scan-cleanup", containers=containers, networks=networks)
-        while not done.wait(0.2):
-            waiting = signal.sigpending() & _STOPS
-            if not waiting:
+        while not done.is_set():
+            signum = _next_signal(0.05)
+            if signum is None:
                 continue
-            received.append(signal.sigwait(waiting))  # returns at once: one is pending
+            received.append(signum)
             left = ", ".join(pending) or "the appliance"
             if interrupted + len(received) >= 3:
                 progress.warn(f"gave up removing {left}; `clair-scan down` removes it")
@@ -681,6 +681,16 @@ def cleanup(client: Any, owner: str, progress: Progress, interrupted: bool = Fal
             progress.warn(f"cleanup failed: {error}")
         else:
             raise error
+
+
+def _next_signal(timeout: float) -> int | None:
+    """The next SIGINT or SIGTERM held back, waiting up to `timeout` seconds for one."""
+    if hasattr(signal, "sigtimedwait"):  # Linux: returns as soon as one arrives
+        caught = signal.sigtimedwait(_STOPS, timeout)
+        return caught.si_signo if caught else None
+    time.sleep(timeout)
+    waiting = signal.sigpending() & _STOPS
+    return signal.sigwait(waiting) if waiting else None  # returns at once: one is pending
 
 
 def _raise_signal(signum: int) -> None:

@@ -483,3 +483,30 @@ def test_max_db_age_fails_when_the_age_is_unknown(images, clean_engine, docker_c
     assert run_cli(["status", "--fail-on-old-db"]).code == 3
     assert run_cli(["status", "--fail-on-old-db", "--allow-unknown-db-age"]).code == 0
     _remove_appliances(clean_engine)
+
+
+def test_only_a_third_signal_gives_the_cleanup_up_naming_what_remains(
+    images, clean_engine, load_image, tmp_path, private_tmp
+):
+    slow = standin.slow_db_image(3600)
+    image = load_image(debian_image_layers())
+    process = start_process(["scan", image.tag, *_backend({**images, "db": slow})], tmp_path, private_tmp)
+    lines, seen = _stderr_lines(process), []
+    _wait_for_line(lines, "waiting for PostgreSQL", seen)
+    process.send_signal(signal.SIGINT)
+    _wait_for_line(lines, "backend: removing clair-scan-db-", seen)
+    process.send_signal(signal.SIGINT)
+    _wait_for_line(lines, "clair-scan: warning: still removing clair-scan-db-", seen)
+    process.send_signal(signal.SIGINT)  # signals of one kind do not queue: one at a time
+    process.wait(timeout=120)
+    while (line := lines.get(timeout=30)) != "":
+        seen.append(line)
+    err = "".join(seen)
+    assert process.returncode == 130, err
+    warnings = [line for line in seen if line.startswith("clair-scan: warning:")]
+    assert warnings[0].startswith("clair-scan: warning: still removing clair-scan-db-"), err
+    assert warnings[1].startswith("clair-scan: warning: gave up removing clair-scan-db-"), err
+    assert "`clair-scan down` removes it" in warnings[1] and "Traceback" not in err
+    for name in _ours(clean_engine):  # what is still there was named
+        assert name in warnings[1], (name, warnings[1])
+    _remove_appliances(clean_engine)
