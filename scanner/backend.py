@@ -502,10 +502,12 @@ def _warm_problem(client: Any, settings: Settings) -> tuple[Backend | None, str 
     if not roles:
         return None, None
     for container in roles.values():
-        if container.status in ("exited", "dead", "removing", "paused"):
+        if container.status in ("exited", "dead", "paused"):
             raise BackendError(
                 f"the warm appliance is not running ({container.name} is {container.status})", hint=_RESTART
             )
+    if any(c.status == "removing" for c in roles.values()):
+        return None, "it is being removed"  # by a run that failed to start it, or by `down`
     db, clair = roles.get("db"), roles.get("clair")
     if db is None or clair is None or db.status != "running" or clair.status != "running":
         return None, "its containers are still being created"

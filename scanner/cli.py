@@ -108,7 +108,7 @@ AllowUnknownAge = Annotated[
     bool,
     typer.Option(
         "--allow-unknown-db-age",
-        help="With --max-db-age, accept data whose age Clair's database does not record.",
+        help="With --max-db-age (scan) or --fail-on-old-db (status): accept data of unknown age.",
     ),
 ]
 LogOpt = Annotated[
