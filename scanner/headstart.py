@@ -42,7 +42,7 @@ VALUE_OPTIONS = frozenset(
         "--max-db-age",
     }
 )  # fmt: skip
-FLAG_OPTIONS = frozenset({"--ignore-unfixed", "--no-report", "--keep"})
+FLAG_OPTIONS = frozenset({"--ignore-unfixed", "--no-report", "--keep", "--allow-unknown-db-age"})
 
 # Both answers come from local daemons in milliseconds; one that takes longer is left to the
 # normal path, which has proper timeouts and messages.

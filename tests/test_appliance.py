@@ -46,12 +46,17 @@ def _ours(client: docker.DockerClient) -> list[str]:
 
 
 def _remove_appliances(client: docker.DockerClient) -> None:
-    for container in client.containers.list(all=True, filters={"label": ROLE}):
-        with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True, v=True)
-    for network in client.networks.list(filters={"label": ROLE}):
-        with contextlib.suppress(docker.errors.NotFound):
-            network.remove()
+    """Remove the appliance's objects, waiting out a removal already under way (409)."""
+    for _ in range(300):
+        for container in client.containers.list(all=True, filters={"label": ROLE}):
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True, v=True)
+        for network in client.networks.list(filters={"label": ROLE}):
+            with contextlib.suppress(docker.errors.APIError):
+                network.remove()
+        if not _ours(client):
+            return
+        time.sleep(0.1)
 
 
 @pytest.fixture
