@@ -540,7 +540,10 @@ def _await_warm(client: Any, settings: Settings, progress: Progress, deadline: f
             return running
         left = deadline - time.monotonic()
         if left <= 0:
-            raise BackendError(f"the warm appliance is not usable: {problem}", hint=_RESTART)
+            raise BackendError(
+                f"the warm appliance is not usable: {problem}",
+                hint=f"unless another run is still starting it, {_RESTART}",
+            )
         progress.status("backend", f"waiting for the appliance another run is starting: {problem}")
         time.sleep(min(delay, left))
         delay = min(delay * 2, 2.0)
