@@ -40,6 +40,9 @@ LABEL = "io.clair-scan"
 RUN = "io.clair-scan.run"
 ROLE = "io.clair-scan.role"
 PORTS = "io.clair-scan.ports"
+CREATOR = "io.clair-scan.creator"
+"""host/pid of the process that created it: an appliance half made by a run that is gone is not
+waited for."""
 NETWORK = "io.clair-scan.network"
 OWNER = "io.clair-scan.owner"
 UPDATES = "io.clair-scan.update-interval"
@@ -153,7 +156,22 @@ def _dsn(host: str, port: int) -> str:
 
 
 def _labels(run: str, owner: str, role: str, **extra: str) -> dict[str, str]:
-    return {LABEL: "1", RUN: run, OWNER: owner, ROLE: role, **extra}
+    creator = f"{socket.gethostname()}/{os.getpid()}"
+    return {LABEL: "1", RUN: run, OWNER: owner, ROLE: role, CREATOR: creator, **extra}
+
+
+def _creator_gone(container: Any) -> bool:
+    """Whether the process that created the container has ended; only known on the same host."""
+    host, _, pid = container.labels.get(CREATOR, "").rpartition("/")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, but another user's
+        return False
+    return False
 
 
 @contextmanager
@@ -510,6 +528,11 @@ def _warm_problem(client: Any, settings: Settings) -> tuple[Backend | None, str 
         return None, "it is being removed"  # by a run that failed to start it, or by `down`
     db, clair = roles.get("db"), roles.get("clair")
     if db is None or clair is None or db.status != "running" or clair.status != "running":
+        if any(_creator_gone(c) for c in roles.values()):
+            raise BackendError(
+                "the warm appliance is incomplete and the run that started it is gone",
+                hint="remove it with `clair-scan down`, then start it again",
+            )
         return None, "its containers are still being created"
     network = clair.labels.get(NETWORK, "host")
     host = service_host()
@@ -761,7 +784,7 @@ def status(client: Any, settings: Settings) -> Status:
     try:
         warm = find_warm(client, settings)
     except BackendError as exc:
-        return Status(listed, clair_problem=exc.message)
+        return Status(listed, clair_problem=str(exc))
     if warm is None:
         return Status(listed)
     problem = clair_problem(warm.clair_url)

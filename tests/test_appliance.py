@@ -8,6 +8,7 @@ import io
 import json
 import queue
 import signal
+import socket
 import subprocess
 import tarfile
 import threading
@@ -514,4 +515,28 @@ def test_only_a_third_signal_gives_the_cleanup_up_naming_what_remains(
     assert "`clair-scan down` removes it" in warnings[1] and "Traceback" not in err
     for name in _ours(clean_engine):  # what is still there was named
         assert name in warnings[1], (name, warnings[1])
+    _remove_appliances(clean_engine)
+
+
+def test_an_appliance_half_made_by_a_run_that_is_gone_is_not_waited_for(images, clean_engine):
+    # What `up` killed with SIGKILL between its two containers leaves: a warm db, no Clair.
+    dead = subprocess.Popen(["true"])  # a process that has ended: its pid is free
+    dead.wait()
+    clean_engine.containers.create(
+        images["db"],
+        name="clair-scan-db",
+        network_mode="host",
+        labels={
+            LABEL: "1",
+            "io.clair-scan.run": "warm",
+            ROLE: "db",
+            "io.clair-scan.creator": f"{socket.gethostname()}/{dead.pid}",
+        },
+    )
+    for args in (["up", *_backend(images)], ["status"]):
+        result = run_process(args)
+        assert result.code == 3, result.stderr
+        assert "the warm appliance is incomplete and the run that started it is gone" in result.stderr
+        assert "clair-scan down" in result.stderr and "Traceback" not in result.stderr
+    assert _ours(clean_engine) == ["clair-scan-db"]  # not removed: this run did not create it
     _remove_appliances(clean_engine)
