@@ -460,6 +460,8 @@ def ensure_warm(client: Any, settings: Settings, progress: Progress) -> tuple[Ba
             return start(client, settings, progress, warm=True), True
         except Conflict:
             progress.status("backend", "another clair-scan run is starting the appliance; waiting for it")
+            # The engine frees a name a moment after the container stops being listed.
+            time.sleep(0.2)
         if time.monotonic() >= deadline:
             raise BackendError(
                 f"the appliance was not ready after {settings.ready_timeout:g} s",
@@ -505,7 +507,8 @@ def _backend(
 
 def _running(client: Any, label: str) -> list[Any]:
     try:
-        return list(client.containers.list(all=True, filters={"label": label}))
+        # Another run may remove one between the listing and its inspection (two `down`s).
+        return list(client.containers.list(all=True, filters={"label": label}, ignore_removed=True))
     except docker.errors.DockerException as exc:
         raise BackendError(f"cannot list containers: {first_line(exc)}") from None
 
