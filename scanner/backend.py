@@ -1,8 +1,10 @@
 """The appliance: the clair-db and clair-local-scan containers, brought up, awaited, reused, removed.
 
 Everything created carries the `io.clair-scan` label, so `clair-scan down` also finds what a killed
-run left behind. A warm appliance (`clair-scan up`) is found again by its labels, which record the
-ports it was given.
+run left behind, and the ID of the run that created it (`io.clair-scan.owner`): a run cleans up only
+what it created itself, never the appliance another run started at the same moment. A warm
+appliance (`clair-scan up`) is found again by its labels, which record the ports it was given and
+how often Clair updates its data.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +32,7 @@ import docker.errors
 from .clair import ClairClient, Deadline
 from .errors import BackendError, ClairError, UsageError, first_line
 from .layerserver import route_address
+from .threads import start_daemon
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +40,17 @@ LABEL = "io.clair-scan"
 RUN = "io.clair-scan.run"
 ROLE = "io.clair-scan.role"
 PORTS = "io.clair-scan.ports"
+CREATOR = "io.clair-scan.creator"
+"""host/pid of the process that created it: an appliance half made by a run that is gone is not
+waited for."""
 NETWORK = "io.clair-scan.network"
+OWNER = "io.clair-scan.owner"
+UPDATES = "io.clair-scan.update-interval"
+"""Seconds between Clair's vulnerability updates in a warm appliance; 0: never."""
 WARM = "warm"
+# Clair's own default, and what `up --update` asks for: arminc/clair-db is rebuilt daily, so the
+# first update starts as soon as Clair does.
+DEFAULT_UPDATE_INTERVAL = 7200.0
 
 DB_IMAGE = "arminc/clair-db:latest"
 CLAIR_IMAGE = "arminc/clair-local-scan:latest"
@@ -55,7 +69,7 @@ clair:
     healthport: {health}
     timeout: 900s
   updater:
-    interval: 2h
+    interval: {interval}
   notifier:
     attempts: 3
     renotifyinterval: 2h
@@ -74,6 +88,18 @@ class Settings:
     ready_timeout: float = 180.0
     ip: str | None = None
     bind: str | None = None
+    update_interval: float = 0.0
+    """Seconds between Clair's vulnerability updates; 0 (a scan's own appliance, and `up` unless
+    asked) never updates: a fresh appliance would otherwise start a full network update that
+    competes with the scan for CPU and writes to the database the scan reads."""
+
+
+def clair_config(db: int, api: int, health: int, update_interval: float) -> str:
+    """The appliance's Clair config; `interval: 0` disables Clair v2's updater."""
+    interval = f"{round(update_interval)}s" if update_interval > 0 else "0"
+    return _CONFIG.format(
+        db=db, api=api, health=health, user=DB_USER, password=DB_PASSWORD, interval=interval
+    )
 
 
 @dataclass(frozen=True)
@@ -85,12 +111,25 @@ class Backend:
     layer_ip: str
     layer_bind: str
     run: str
+    owner: str
+    """The ID of the run that created it: that run's cleanup removes what carries it."""
     network: str
+    update_interval: float | None = None
+    """Seconds between Clair's vulnerability updates (0: never); None if the appliance does not
+    say (one started by an older clair-scan)."""
 
 
 class Progress:
     def status(self, name: str, text: str) -> None:
         log.info("%s: %s", name, text)
+
+    def warn(self, text: str) -> None:
+        """One line the user must see even where progress is hidden (a cleanup that is slow to end)."""
+        log.warning("%s", text)
+
+
+class Conflict(BackendError):
+    """Another run created an object of that name first: two `up`s at the same moment."""
 
 
 def _docker_host() -> str | None:
@@ -116,8 +155,47 @@ def _dsn(host: str, port: int) -> str:
     return f"host={host} port={port} user={DB_USER} password={DB_PASSWORD} dbname=postgres connect_timeout=3"
 
 
-def _labels(run: str, role: str, **extra: str) -> dict[str, str]:
-    return {LABEL: "1", RUN: run, ROLE: role, **extra}
+def _labels(run: str, owner: str, role: str, **extra: str) -> dict[str, str]:
+    creator = f"{socket.gethostname()}/{os.getpid()}"
+    return {LABEL: "1", RUN: run, OWNER: owner, ROLE: role, CREATOR: creator, **extra}
+
+
+def _creator_gone(container: Any) -> bool:
+    """Whether the process that created the container has ended; only known on the same host."""
+    host, _, pid = container.labels.get(CREATOR, "").rpartition("/")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, but another user's
+        return False
+    return False
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the engine has answered: a create cut short on our side may
+    still complete in the engine, and the cleanup must then find the object it made."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _create(what: str, name: str, create: Callable[[], Any]) -> Any:
+    """Create a container or network named `name`; a name another run took first is a Conflict."""
+    with _signals_held():
+        try:
+            return create()
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise Conflict(f"{what} {name} already exists") from None
+            raise BackendError(f"cannot create {what} {name}: {first_line(exc)}") from None
+        except docker.errors.DockerException as exc:
+            raise BackendError(f"cannot create {what} {name}: {first_line(exc)}") from None
 
 
 def choose_network(client: Any, requested: str | None) -> str:
@@ -264,16 +342,19 @@ def _published(container: Any, port: str) -> int:
 
 def start(client: Any, settings: Settings, progress: Progress, warm: bool = False) -> Backend:
     """Bring the appliance up and wait until it is really ready. On any failure or interrupt,
-    whatever was created is removed before the error propagates."""
+    whatever this run created is removed before the error propagates; nothing else is. A warm
+    appliance another run is creating at the same moment raises Conflict (see `ensure_warm`)."""
     mode = choose_network(client, settings.network)
     for ref in (settings.db_image, settings.clair_image):
         _ensure_image(client, ref, settings.pull, progress)
-    run = WARM if warm else secrets.token_hex(4)
+    owner = secrets.token_hex(6)
+    run = WARM if warm else owner[:8]
     suffix = "" if warm else f"-{run}"
     host = service_host()
     remote = _docker_host() is not None
     deadline = time.monotonic() + settings.ready_timeout
     containers: list[Any] = []
+    updates = {UPDATES: f"{settings.update_interval:g}"}
     try:
         if mode == "host":
             db_port = settings.db_port or (5432 if remote else _free_port())
@@ -282,25 +363,39 @@ def start(client: Any, settings: Settings, progress: Progress, warm: bool = Fals
             network = "host"
             listen = "*" if remote else "127.0.0.1"
             ports = json.dumps({"api": api_port, "health": health_port, "db": db_port})
-            db = client.containers.create(
-                settings.db_image,
-                command=["postgres", "-p", str(db_port), "-c", f"listen_addresses={listen}"],
-                name=f"clair-scan-db{suffix}",
-                network_mode="host",
-                labels=_labels(run, "db", **{NETWORK: network, PORTS: ports}),
+            db = _create(
+                "container",
+                f"clair-scan-db{suffix}",
+                lambda: client.containers.create(
+                    settings.db_image,
+                    command=["postgres", "-p", str(db_port), "-c", f"listen_addresses={listen}"],
+                    name=f"clair-scan-db{suffix}",
+                    network_mode="host",
+                    labels=_labels(run, owner, "db", **{NETWORK: network, PORTS: ports}),
+                ),
             )
         else:
             network = f"clair-scan{suffix}"
-            client.networks.create(network, driver="bridge", labels=_labels(run, "network"))
+            _create(
+                "network",
+                network,
+                lambda: client.networks.create(
+                    network, driver="bridge", check_duplicate=True, labels=_labels(run, owner, "network")
+                ),
+            )
             publish = "0.0.0.0" if remote else "127.0.0.1"
             endpoint = client.api.create_endpoint_config(aliases=["postgres"])
-            db = client.containers.create(
-                settings.db_image,
-                name=f"clair-scan-db{suffix}",
-                network=network,
-                networking_config={network: endpoint},
-                ports={"5432/tcp": (publish, None)},
-                labels=_labels(run, "db", **{NETWORK: network}),
+            db = _create(
+                "container",
+                f"clair-scan-db{suffix}",
+                lambda: client.containers.create(
+                    settings.db_image,
+                    name=f"clair-scan-db{suffix}",
+                    network=network,
+                    networking_config={network: endpoint},
+                    ports={"5432/tcp": (publish, None)},
+                    labels=_labels(run, owner, "db", **{NETWORK: network}),
+                ),
             )
         containers.append(db)
         progress.status("backend", f"starting {settings.db_image}")
@@ -311,27 +406,34 @@ def start(client: Any, settings: Settings, progress: Progress, warm: bool = Fals
         _wait("PostgreSQL", lambda: db_problem(dsn), containers, deadline, settings.ready_timeout, progress)
 
         if mode == "host":
-            clair = client.containers.create(
-                settings.clair_image,
-                name=f"clair-scan-clair{suffix}",
-                network_mode="host",
-                extra_hosts={"postgres": "127.0.0.1"},
-                labels=_labels(run, "clair", **{NETWORK: network, PORTS: ports}),
+            clair = _create(
+                "container",
+                f"clair-scan-clair{suffix}",
+                lambda: client.containers.create(
+                    settings.clair_image,
+                    name=f"clair-scan-clair{suffix}",
+                    network_mode="host",
+                    extra_hosts={"postgres": "127.0.0.1"},
+                    labels=_labels(run, owner, "clair", **{NETWORK: network, PORTS: ports, **updates}),
+                ),
             )
-            containers.append(clair)
-            config = _CONFIG.format(
-                db=db_port, api=api_port, health=health_port, user=DB_USER, password=DB_PASSWORD
-            )
-            _put_config(clair, config)
+            config = clair_config(db_port, api_port, health_port, settings.update_interval)
         else:
-            clair = client.containers.create(
-                settings.clair_image,
-                name=f"clair-scan-clair{suffix}",
-                network=network,
-                ports={"6060/tcp": (publish, None), "6061/tcp": (publish, None)},
-                labels=_labels(run, "clair", **{NETWORK: network}),
+            clair = _create(
+                "container",
+                f"clair-scan-clair{suffix}",
+                lambda: client.containers.create(
+                    settings.clair_image,
+                    name=f"clair-scan-clair{suffix}",
+                    network=network,
+                    ports={"6060/tcp": (publish, None), "6061/tcp": (publish, None)},
+                    labels=_labels(run, owner, "clair", **{NETWORK: network, **updates}),
+                ),
             )
-            containers.append(clair)
+            # The image's own config would run the updater every 2 h.
+            config = clair_config(5432, 6060, 6061, settings.update_interval)
+        containers.append(clair)
+        _put_config(clair, config)
         progress.status("backend", f"starting {settings.clair_image}")
         clair.start()
         if mode == "bridge":
@@ -339,10 +441,32 @@ def start(client: Any, settings: Settings, progress: Progress, warm: bool = Fals
             health_port = _published(clair, "6061/tcp")
         url = f"http://{host}:{api_port}"
         _wait("Clair", lambda: clair_problem(url), containers, deadline, settings.ready_timeout, progress)
-        return _backend(client, settings, run, network, url, dsn)
-    except BaseException:
-        remove(client, run)
+        return _backend(client, settings, run, owner, network, url, dsn, settings.update_interval)
+    except BaseException as exc:
+        cleanup(client, owner, progress, interrupted=isinstance(exc, KeyboardInterrupt))
         raise
+
+
+def ensure_warm(client: Any, settings: Settings, progress: Progress) -> tuple[Backend, bool]:
+    """The warm appliance, started if there is none; (it, whether this run started it). When
+    another run starts it at the same moment (two CI jobs on one runner), one wins the names and
+    the others wait for its appliance to be ready rather than fail or remove it."""
+    deadline = time.monotonic() + settings.ready_timeout
+    while True:
+        running = _await_warm(client, settings, progress, deadline)
+        if running is not None:
+            return running, False
+        try:
+            return start(client, settings, progress, warm=True), True
+        except Conflict:
+            progress.status("backend", "another clair-scan run is starting the appliance; waiting for it")
+            # The engine frees a name a moment after the container stops being listed.
+            time.sleep(0.2)
+        if time.monotonic() >= deadline:
+            raise BackendError(
+                f"the appliance was not ready after {settings.ready_timeout:g} s",
+                hint="another clair-scan run kept creating and removing it; try `clair-scan up` again",
+            )
 
 
 def _layer_address(settings: Settings, network: str, client: Any) -> tuple[str, str]:
@@ -367,88 +491,282 @@ def _layer_address(settings: Settings, network: str, client: Any) -> tuple[str, 
     return ip, settings.bind or ip
 
 
-def _backend(client: Any, settings: Settings, run: str, network: str, url: str, dsn: str) -> Backend:
+def _backend(
+    client: Any,
+    settings: Settings,
+    run: str,
+    owner: str,
+    network: str,
+    url: str,
+    dsn: str,
+    update_interval: float | None,
+) -> Backend:
     ip, bind = _layer_address(settings, network, client)
-    return Backend(clair_url=url, dsn=dsn, layer_ip=ip, layer_bind=bind, run=run, network=network)
+    return Backend(url, dsn, ip, bind, run, owner, network, update_interval)
 
 
 def _running(client: Any, label: str) -> list[Any]:
     try:
-        return list(client.containers.list(all=True, filters={"label": label}))
+        # Another run may remove one between the listing and its inspection (two `down`s).
+        return list(client.containers.list(all=True, filters={"label": label}, ignore_removed=True))
     except docker.errors.DockerException as exc:
         raise BackendError(f"cannot list containers: {first_line(exc)}") from None
 
 
-def find_warm(client: Any, settings: Settings) -> Backend | None:
-    """The appliance `clair-scan up` left running, if there is one."""
+_RESTART = "restart it with `clair-scan down && clair-scan up`"
+
+
+def _warm_problem(client: Any, settings: Settings) -> tuple[Backend | None, str | None]:
+    """(the warm appliance, None) when it is ready; (None, None) when there is none; (None, why
+    not yet) while it is being started. Raises when it is there but broken for good."""
     roles = {c.labels.get(ROLE): c for c in _running(client, f"{RUN}={WARM}")}
+    if not roles:
+        return None, None
+    for container in roles.values():
+        if container.status in ("exited", "dead", "paused"):
+            raise BackendError(
+                f"the warm appliance is not running ({container.name} is {container.status})", hint=_RESTART
+            )
+    if any(c.status == "removing" for c in roles.values()):
+        return None, "it is being removed"  # by a run that failed to start it, or by `down`
     db, clair = roles.get("db"), roles.get("clair")
-    if db is None or clair is None:
-        return None
-    if db.status != "running" or clair.status != "running":
-        raise BackendError(
-            "the warm appliance is not running", hint="restart it with `clair-scan down && clair-scan up`"
-        )
+    if db is None or clair is None or db.status != "running" or clair.status != "running":
+        if any(_creator_gone(c) for c in roles.values()):
+            raise BackendError(
+                "the warm appliance is incomplete and the run that started it is gone",
+                hint="remove it with `clair-scan down`, then start it again",
+            )
+        return None, "its containers are still being created"
     network = clair.labels.get(NETWORK, "host")
     host = service_host()
-    if network == "host":
-        ports = json.loads(clair.labels[PORTS])
-        api_port, db_port = int(ports["api"]), int(ports["db"])
-    else:
-        api_port, db_port = _published(clair, "6060/tcp"), _published(db, "5432/tcp")
+    try:
+        if network == "host":
+            ports = json.loads(clair.labels[PORTS])
+            api_port, db_port = int(ports["api"]), int(ports["db"])
+        else:
+            api_port, db_port = _published(clair, "6060/tcp"), _published(db, "5432/tcp")
+    except (BackendError, docker.errors.DockerException, KeyError, ValueError):
+        return None, "its ports are not published yet"
     url = f"http://{host}:{api_port}"
     problem = clair_problem(url)
     if problem is not None:
-        raise BackendError(
-            f"the warm appliance's Clair at {url} is not usable: {problem}",
-            hint="restart it with `clair-scan down && clair-scan up`",
-        )
-    return _backend(client, settings, WARM, network, url, _dsn(host, db_port))
+        return None, f"Clair at {url}: {problem}"
+    owner = clair.labels.get(OWNER, "")
+    interval = float(clair.labels[UPDATES]) if UPDATES in clair.labels else None
+    return _backend(client, settings, WARM, owner, network, url, _dsn(host, db_port), interval), None
 
 
-def remove(client: Any, run: str | None = None) -> int:
-    """Remove the containers (with their anonymous volumes) and networks of one run, or of all
-    runs. Returns how many objects were removed."""
-    label = f"{RUN}={run}" if run else LABEL
-    removed = 0
-    for container in _running(client, label):
-        try:
-            container.remove(force=True, v=True)
-            removed += 1
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.DockerException as exc:
+def _await_warm(client: Any, settings: Settings, progress: Progress, deadline: float) -> Backend | None:
+    """The warm appliance once it is ready, None if there is none. One that another run is still
+    starting is waited for until `deadline`."""
+    delay = 0.2
+    while True:
+        running, problem = _warm_problem(client, settings)
+        if problem is None:
+            return running
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BackendError(
+                f"the warm appliance is not usable: {problem}",
+                hint=f"unless another run is still starting it, {_RESTART}",
+            )
+        progress.status("backend", f"waiting for the appliance another run is starting: {problem}")
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 2.0)
+
+
+def find_warm(client: Any, settings: Settings) -> Backend | None:
+    """The appliance `clair-scan up` left running, if there is one; raises when it is not usable."""
+    return _await_warm(client, settings, Progress(), deadline=0.0)
+
+
+def _remove_container(container: Any) -> bool:
+    """Remove one container; False when it was already gone. Another run removing it at the same
+    moment (two `down`s) is waited for, not an error."""
+    try:
+        container.remove(force=True, v=True)
+        return True
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:  # 409: "removal of container ... is already in progress"
             raise BackendError(f"cannot remove container {container.name}: {first_line(exc)}") from None
+    except docker.errors.DockerException as exc:
+        raise BackendError(f"cannot remove container {container.name}: {first_line(exc)}") from None
+    for _ in range(300):
+        try:
+            container.reload()
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.DockerException as exc:
+            raise BackendError(f"cannot inspect container {container.name}: {first_line(exc)}") from None
+        time.sleep(0.1)
+    raise BackendError(f"container {container.name} is still being removed after 30 s")
+
+
+def _remove_network(network: Any) -> bool:
+    for _ in range(100):
+        try:
+            network.remove()
+            return True
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            # Containers another run is removing can still hold an endpoint for a moment.
+            if exc.status_code not in (403, 409) and "active endpoints" not in str(exc):
+                raise BackendError(f"cannot remove network {network.name}: {first_line(exc)}") from None
+        except docker.errors.DockerException as exc:
+            raise BackendError(f"cannot remove network {network.name}: {first_line(exc)}") from None
+        time.sleep(0.1)
+    raise BackendError(f"network {network.name} still has containers attached after 10 s")
+
+
+def remove(client: Any, run: str | None = None, pending: list[str] | None = None) -> int:
+    """Remove the containers (with their anonymous volumes) and networks of one run, or of all
+    runs. Returns how many objects this call removed. `pending` is kept up to date with the names
+    still to go, for a cleanup that reports on itself."""
+    return _remove_labelled(client, f"{RUN}={run}" if run else LABEL, pending)
+
+
+def _labelled(client: Any, label: str) -> tuple[list[Any], list[Any]]:
+    containers = _running(client, label)
     try:
         networks = client.networks.list(filters={"label": label})
     except docker.errors.DockerException as exc:
         raise BackendError(f"cannot list networks: {first_line(exc)}") from None
+    return containers, networks
+
+
+def _remove_labelled(client: Any, label: str, pending: list[str] | None = None) -> int:
+    containers, networks = _labelled(client, label)
+    pending = [] if pending is None else pending
+    pending[:] = [c.name for c in containers] + [n.name for n in networks]
+    removed = 0
+    for container in containers:
+        removed += _remove_container(container)
+        pending.remove(container.name)
     for network in networks:
-        try:
-            network.remove()
-            removed += 1
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.DockerException as exc:
-            raise BackendError(f"cannot remove network {network.name}: {first_line(exc)}") from None
+        removed += _remove_network(network)
+        pending.remove(network.name)
     return removed
+
+
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
+def cleanup(client: Any, owner: str, progress: Progress, interrupted: bool = False) -> None:
+    """Remove what the run `owner` created, and nothing else, surviving Ctrl-C and SIGTERM.
+
+    The removal runs in a thread of its own while this one holds the signals back and takes them
+    one by one, so no signal can cut a Docker request short or land between two
+    steps. A second signal (counting the one that started the cleanup, if `interrupted`) is
+    answered with what is still being removed; only the third gives up, naming what remains.
+    Afterwards the signals received are raised again, so the run still ends as interrupted. A
+    failure to remove is reported and, unless an error is already on its way out, raised."""
+    pending: list[str] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def work(containers: list[Any], networks: list[Any]) -> None:
+        try:
+            for container in containers:
+                _remove_container(container)
+                pending.remove(container.name)
+            for network in networks:
+                _remove_network(network)
+                pending.remove(network.name)
+        except BaseException as exc:  # handed to the main thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    received: list[int] = []
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        try:  # a listing is quick; signals wait for it, so the names below are always known
+            containers, networks = _labelled(client, f"{OWNER}={owner}")
+        except BackendError as exc:
+            failure.append(exc)
+            containers, networks = [], []
+        pending[:] = [c.name for c in containers] + [n.name for n in networks]
+        if pending:
+            progress.status("backend", "removing " + ", ".join(pending))
+        start_daemon(work, "clair-scan-cleanup", containers=containers, networks=networks)
+        while not done.is_set():
+            signum = _next_signal(0.05)
+            if signum is None:
+                continue
+            received.append(signum)
+            left = ", ".join(pending) or "the appliance"
+            if interrupted + len(received) >= 3:
+                progress.warn(f"gave up removing {left}; `clair-scan down` removes it")
+                break
+            progress.warn(f"still removing {left}; interrupt once more to give up")
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    if received:
+        _raise_signal(received[-1])
+    if failure:
+        error = failure[0]
+        if interrupted or not isinstance(error, BackendError):
+            progress.warn(f"cleanup failed: {error}")
+        else:
+            raise error
+
+
+def _next_signal(timeout: float) -> int | None:
+    """The next SIGINT or SIGTERM held back, waiting up to `timeout` seconds for one."""
+    if hasattr(signal, "sigtimedwait"):  # Linux: returns as soon as one arrives
+        caught = signal.sigtimedwait(_STOPS, timeout)
+        return caught.si_signo if caught else None
+    time.sleep(timeout)
+    waiting = signal.sigpending() & _STOPS
+    return signal.sigwait(waiting) if waiting else None  # returns at once: one is pending
+
+
+def _raise_signal(signum: int) -> None:
+    """Deliver a signal taken off the queue again, through the handler the CLI installed (which
+    raises KeyboardInterrupt, or its subclass for SIGTERM)."""
+    if callable(signal.getsignal(signum)):
+        signal.raise_signal(signum)
+    raise KeyboardInterrupt
 
 
 @contextmanager
 def appliance(client: Any, settings: Settings, progress: Progress, keep: bool = False) -> Iterator[Backend]:
-    """A ready appliance for one scan: the warm one if `clair-scan up` left one, else a fresh one
-    that is removed afterwards, whatever happened (unless `keep` turns it into the warm one)."""
-    warm = find_warm(client, settings)
+    """A ready appliance for one scan: the warm one if `clair-scan up` left one (or is starting
+    one), else a fresh one that is removed afterwards, whatever happened (unless `keep` turns it
+    into the warm one)."""
+    if keep:
+        kept, _ = ensure_warm(client, settings, progress)
+        yield kept
+        return
+    warm = _await_warm(client, settings, progress, time.monotonic() + settings.ready_timeout)
     if warm is not None:
         progress.status("backend", f"using the running appliance at {warm.clair_url}")
         yield warm
         return
-    backend = start(client, settings, progress, warm=keep)
+    backend = start(client, settings, progress)
     try:
         yield backend
-    finally:
-        if not keep:
-            remove(client, backend.run)
+    except BaseException as exc:
+        cleanup(client, backend.owner, progress, interrupted=isinstance(exc, KeyboardInterrupt))
+        raise
+    cleanup(client, backend.owner, progress)
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What Clair's own database says about its vulnerability data."""
+
+    vulnerabilities: tuple[tuple[str, int], ...] = ()
+    """(namespace, vulnerability count)."""
+    updated: datetime | None = None
+    """When Clair last finished an update; None if its database does not say."""
+    updating: bool = False
+    """Whether Clair's updater holds its lock now, i.e. an update is running."""
+    problem: str | None = None
+    """Why the database could not be read."""
 
 
 @dataclass(frozen=True)
@@ -457,30 +775,29 @@ class Status:
     """(name, image, state) of every container clair-scan created."""
     clair_url: str | None = None
     clair_problem: str | None = None
-    vulnerabilities: tuple[tuple[str, int], ...] = ()
-    """(namespace, vulnerability count) from Clair's database."""
-    updated: datetime | None = None
-    """When Clair last updated its vulnerability data; None if its database does not say."""
-    db_problem: str | None = None
+    data: DataFacts = DataFacts()
+    update_interval: float | None = None
+    """Seconds between the warm appliance's updates (0: never); None if it does not say."""
 
 
 def status(client: Any, settings: Settings) -> Status:
-    containers = tuple(
+    listed = tuple(
         (c.name, (c.image.tags or [c.image.short_id])[0], c.status) for c in _running(client, LABEL)
     )
     try:
         warm = find_warm(client, settings)
     except BackendError as exc:
-        return Status(containers, clair_problem=exc.message)
+        return Status(listed, clair_problem=str(exc))
     if warm is None:
-        return Status(containers)
-    counts, updated, problem = database_facts(warm.dsn)
-    return Status(containers, warm.clair_url, clair_problem(warm.clair_url), counts, updated, problem)
+        return Status(listed)
+    problem = clair_problem(warm.clair_url)
+    return Status(listed, warm.clair_url, problem, database_facts(warm.dsn), warm.update_interval)
 
 
-def database_facts(dsn: str) -> tuple[tuple[tuple[str, int], ...], datetime | None, str | None]:
-    """Vulnerability counts per namespace and the time of the last update, from Clair's own
-    tables (`keyvalue` row `updater/last` holds Unix seconds)."""
+def database_facts(dsn: str) -> DataFacts:
+    """Vulnerability counts per namespace, the time of the last update and whether one is running,
+    from Clair's own tables: `keyvalue` row `updater/last` holds Unix seconds, and the updater
+    holds the `lock` row `updater` while it runs (refreshed before it expires)."""
     import psycopg
 
     try:
@@ -491,12 +808,16 @@ def database_facts(dsn: str) -> tuple[tuple[tuple[str, int], ...], datetime | No
                 " GROUP BY n.name ORDER BY n.name"
             ).fetchall()
             last = conn.execute("SELECT value FROM keyvalue WHERE key = 'updater/last'").fetchone()
+            lock = conn.execute(
+                "SELECT count(*) FROM lock WHERE name = 'updater' AND until > CURRENT_TIMESTAMP"
+            ).fetchone()
     except psycopg.Error as exc:
-        return (), None, first_line(exc)
+        return DataFacts(problem=first_line(exc))
     updated = None
     if last and str(last[0]).strip().isdigit():
         updated = datetime.fromtimestamp(int(str(last[0]).strip()), timezone.utc)
-    return tuple((str(n), int(c)) for n, c in rows), updated, None
+    counts = tuple((str(n), int(c)) for n, c in rows)
+    return DataFacts(counts, updated, bool(lock and lock[0]))
 
 
 def bundle_save(client: Any, path: str, refs: list[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -126,6 +127,13 @@ MaxDbAge = Annotated[
         help="Days the vulnerability data may be old.",
         show_default=False,
         metavar="DAYS",
+    ),
+]
+AllowUnknownAge = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unknown-db-age",
+        help="With --max-db-age (scan) or --fail-on-old-db (status): accept data of unknown age.",
     ),
 ]
 LogOpt = Annotated[
@@ -340,6 +348,7 @@ def scan(
         bool, typer.Option("--keep", help="Leave the started appliance running, as `up` does.")
     ] = False,
     max_db_age: MaxDbAge = None,
+    allow_unknown_age: AllowUnknownAge = False,
 ) -> None:
     """Scan images for vulnerabilities; the exit code is the CI gate.
 
@@ -382,6 +391,7 @@ def scan(
             _output_specs(outputs or [], report_path, no_report, output),
             keep,
             max_db_age,
+            allow_unknown_age,
         )
 
     _guarded(work, log_file)
@@ -413,6 +423,7 @@ def _scan(
     outputs: list[formats.Output],
     keep: bool,
     max_db_age: float | None,
+    allow_unknown_age: bool = False,
 ) -> int:
     # Imports stay inside the commands: a rescan of an image Clair already holds should cost
     # little more than the interpreter's start, so nothing is loaded that the run does not use.
@@ -453,21 +464,25 @@ def _scan(
             clair_url = running.clair_url
             settings = dataclasses.replace(settings, ip=running.layer_ip, bind=running.layer_bind)
             if max_db_age is not None:
-                _check_age(running.dsn, max_db_age, terminal)
+                _check_age(running.dsn, max_db_age, allow_unknown_age, terminal)
             if any(o.format == "html" for o in outputs):  # the page shows the data's age
                 from .backend import database_facts
 
-                settings = dataclasses.replace(settings, data_updated=database_facts(running.dsn)[1])
+                settings = dataclasses.replace(settings, data_updated=database_facts(running.dsn).updated)
         outcomes = pipeline.run(targets, clair_url, settings, plan.write_image, progress)
     return _show(terminal, outcomes, plan)
 
 
-def _check_age(dsn: str, max_days: float, terminal: Any) -> None:
+def _check_age(dsn: str, max_days: float, allow_unknown: bool, terminal: Any) -> None:
     from . import backend
 
-    _, updated, problem = backend.database_facts(dsn)
+    facts = backend.database_facts(dsn)
+    updated = facts.updated
     if updated is None:
-        terminal.warn(f"the age of the vulnerability data is unknown ({problem or 'no updater/last record'})")
+        why = f"the age of the vulnerability data is unknown ({facts.problem or 'no updater/last record'})"
+        if not allow_unknown:
+            raise BackendError(why, hint="--allow-unknown-db-age scans anyway")
+        terminal.warn(why)
         return
     days = (datetime.now(timezone.utc) - updated).total_seconds() / 86400
     if days > max_days:
@@ -530,28 +545,70 @@ def up(
     db_port: DbPort = None,
     clair_port: ClairPort = None,
     ready_timeout: ReadyTimeout = 180.0,
+    update: Annotated[
+        bool, typer.Option("--update", help="Let Clair update its vulnerability data (every 2 h).")
+    ] = False,
+    update_interval: Annotated[
+        str | None,
+        typer.Option(
+            "--update-interval",
+            help="Let Clair update its data this often: 30m, 6h, 1d, 1h30m (implies --update).",
+            metavar="DURATION",
+            show_default=False,
+        ),
+    ] = None,
     log_file: LogOpt = None,
 ) -> None:
-    """Start the appliance and leave it running: later scans reuse it with no start-up cost."""
+    """Start the appliance and leave it running: later scans reuse it with no start-up cost.
+
+    Clair does not update its vulnerability data unless --update or --update-interval asks it to.
+    When another run is starting the appliance at the same moment, this one waits for it.
+    """
 
     def work() -> int:
+        import dataclasses
+
         from . import backend
         from .sources import engine as image
-        from .terminal import Terminal
+        from .terminal import Terminal, describe_updates
 
+        interval = _update_interval(update, update_interval)
         terminal = Terminal()
-        settings = _backend_settings(db_image, clair_image, pull, network, db_port, clair_port, ready_timeout)
+        settings = dataclasses.replace(
+            _backend_settings(db_image, clair_image, pull, network, db_port, clair_port, ready_timeout),
+            update_interval=interval,
+        )
         client = image.connect()
-        running = backend.find_warm(client, settings)
-        if running is not None:
-            terminal.info(f"the appliance is already running: Clair at {running.clair_url}")
-            return OK
         with terminal.progress() as progress:
-            running = backend.start(client, settings, progress, warm=True)
-        terminal.info(f"appliance ready: Clair at {running.clair_url}; stop it with `clair-scan down`")
+            running, started = backend.ensure_warm(client, settings, progress)
+        if started:
+            terminal.info(f"appliance ready: Clair at {running.clair_url}; stop it with `clair-scan down`")
+            return OK
+        terminal.info(f"the appliance is already running: Clair at {running.clair_url}")
+        if running.update_interval is not None and running.update_interval != interval:
+            terminal.warn(
+                f"its updater is {describe_updates(running.update_interval)}, not"
+                f" {describe_updates(interval)} as asked; to change that, restart it with"
+                " `clair-scan down` and `clair-scan up` with the update option you want"
+            )
         return OK
 
     _guarded(work, log_file)
+
+
+def _update_interval(update: bool, text: str | None) -> float:
+    """Seconds between Clair's updates: 0 unless asked, 2 h for a bare --update."""
+    from .backend import DEFAULT_UPDATE_INTERVAL
+
+    if text is None:
+        return DEFAULT_UPDATE_INTERVAL if update else 0.0
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    given = text.strip()
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", given)
+    seconds = sum(float(number) * units[unit] for number, unit in parts)
+    if "".join(number + unit for number, unit in parts) != given or seconds <= 0:
+        raise UsageError(f"--update-interval {text!r} is not a duration such as 30m, 6h, 1d or 1h30m")
+    return seconds
 
 
 @app.command()
@@ -581,9 +638,11 @@ def status(
     fail: Annotated[
         bool, typer.Option("--fail-on-old-db", help="Exit 3 when the data is older than --max-db-age.")
     ] = False,
+    allow_unknown_age: AllowUnknownAge = False,
     log_file: LogOpt = None,
 ) -> None:
-    """Show the appliance's containers, whether Clair answers, and the vulnerability data's age."""
+    """Show the appliance's containers, whether Clair answers, the vulnerability data's age and
+    whether Clair is updating it."""
 
     def work() -> int:
         from . import backend
@@ -592,7 +651,7 @@ def status(
 
         terminal = Terminal()
         state = backend.status(image.connect(), backend.Settings())
-        return terminal.status(state, max_db_age, fail)
+        return terminal.status(state, max_db_age, fail, fail and not allow_unknown_age)
 
     _guarded(work, log_file)
 

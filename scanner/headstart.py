@@ -43,7 +43,9 @@ VALUE_OPTIONS = frozenset(
         "--max-db-age", "--platform", "--output", "-o",
     }
 )  # fmt: skip
-FLAG_OPTIONS = frozenset({"--ignore-unfixed", "--no-report", "--keep", "--relay-layers"})
+FLAG_OPTIONS = frozenset(
+    {"--ignore-unfixed", "--no-report", "--keep", "--relay-layers", "--allow-unknown-db-age"}
+)
 _OTHER_SOURCES = ("registry:", "docker-archive:", "oci-archive:", "oci-dir:")
 
 # Both answers come from local daemons in milliseconds; one that takes longer is left to the

@@ -36,6 +36,9 @@ class _PlainProgress:
     def layers(self, name: str, sent: int, total: int) -> None:
         _write(sys.stderr, f"{name}: layer {sent}/{total} indexed")
 
+    def warn(self, text: str) -> None:
+        _write(sys.stderr, f"clair-scan: warning: {text}")
+
 
 def _write(stream: Any, line: str) -> None:
     stream.write(line + "\n")
@@ -57,6 +60,11 @@ class _RichProgress:
 
     def layers(self, name: str, sent: int, total: int) -> None:
         self._progress.update(self._task(name), completed=sent, total=total)
+
+    def warn(self, text: str) -> None:
+        from rich.text import Text
+
+        self._progress.console.print(Text(f"clair-scan: warning: {text}", style="yellow"))
 
 
 class Terminal:
@@ -142,7 +150,7 @@ class Terminal:
             parts.append(f"wrote {', '.join(files)}")
         self._line(f"{result.image.name}: " + "; ".join(parts), "bold red" if unapproved else "green")
 
-    def status(self, state: Any, max_days: float, fail_on_old: bool) -> int:
+    def status(self, state: Any, max_days: float, fail_on_old: bool, fail_on_unknown: bool) -> int:
         """Print the appliance's state; the exit code says whether it is usable (and fresh)."""
         from rich.table import Table
         from rich.text import Text
@@ -160,21 +168,25 @@ class Terminal:
             self.error(f"Clair is not usable: {state.clair_problem or 'no warm appliance'}")
             return 3
         self.out.print(Text(f"Clair at {state.clair_url} answers"))
-        if state.db_problem:
-            self.warn(f"cannot read Clair's database: {state.db_problem}")
+        data = state.data
+        if data.problem:
+            self.warn(f"cannot read Clair's database: {data.problem}")
             return 3
         counts = Table(title="Vulnerability data")
         counts.add_column("Namespace")
         counts.add_column("Vulnerabilities", justify="right")
-        for namespace, count in state.vulnerabilities:
+        for namespace, count in data.vulnerabilities:
             counts.add_row(Text(namespace), str(count))
         self.out.print(counts)
-        if state.updated is None:
+        setting = "unknown" if state.update_interval is None else describe_updates(state.update_interval)
+        running = "an update is running now" if data.updating else "no update is running"
+        self.out.print(Text(f"Clair's updater: {setting}; {running}"))
+        if data.updated is None:
             self.warn("the age of the vulnerability data is unknown (no updater/last record)")
-            return 3 if fail_on_old else 0
-        days = (datetime.now(timezone.utc) - state.updated).total_seconds() / 86400
+            return 3 if fail_on_unknown else 0
+        days = (datetime.now(timezone.utc) - data.updated).total_seconds() / 86400
         self.out.print(
-            Text(f"Vulnerability data updated {state.updated:%Y-%m-%d %H:%M} UTC ({days:.1f} days ago)")
+            Text(f"Vulnerability data updated {data.updated:%Y-%m-%d %H:%M} UTC ({days:.1f} days ago)")
         )
         if days > max_days:
             self.warn(f"the vulnerability data is {days:.1f} days old, more than {max_days:g} days")
@@ -243,12 +255,24 @@ def table_text(results: Sequence[ImageResult], width: int = 160) -> str:
     return buffer.getvalue()
 
 
-class _Silent:
+class _Silent(_PlainProgress):
+    """Progress hidden (--format json); warnings are still shown."""
+
     def status(self, name: str, text: str) -> None:
         pass
 
     def layers(self, name: str, sent: int, total: int) -> None:
         pass
+
+
+def describe_updates(interval: float) -> str:
+    """Clair's updater setting in words: "off", "every 2h"."""
+    if interval <= 0:
+        return "off"
+    for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):
+        if interval >= seconds and interval % seconds == 0:
+            return f"every {interval / seconds:g}{unit}"
+    return f"every {interval:g}s"
 
 
 def _shorten(text: str, width: int) -> str:

@@ -198,6 +198,17 @@ def clair_image() -> str:
     )
 
 
+def clair_feed_image(fetch_seconds: int = 0) -> str:
+    """The Clair stand-in with vulnerability sources to update from (the test data; each fetch
+    takes `fetch_seconds`). The plain stand-in's sources are unreachable, as on an offline host."""
+    dockerfile = (
+        f"FROM {clair_image()}\nCOPY feed.json /opt/feed.json\n"
+        f"ENV CLAIRSIM_FEED=/opt/feed.json CLAIRSIM_FETCH_SECONDS={fetch_seconds}\n"
+    )
+    feed = (HERE / "data" / "vulns.json").read_text()
+    return _build(f"clair-local-scan-feed{fetch_seconds}", {"Dockerfile": dockerfile, "feed.json": feed})
+
+
 if __name__ == "__main__":
     print(db_image(), clair_image(), sep="\n")
     sys.exit(0)

@@ -55,3 +55,30 @@ def test_clair_readiness_is_asked_directly_whatever_the_proxy_settings(clair, mo
     clair.fail_next(500, method="GET", path="/v1/namespaces")
     assert backend.clair_problem(clair.url).startswith("Clair answered 500 to GET /v1/namespaces")
     assert backend.clair_problem("http://127.0.0.1:1").startswith("cannot connect to Clair")
+
+
+def test_clair_config_disables_the_updater_unless_an_interval_is_given():
+    assert "  updater:\n    interval: 0\n" in backend.clair_config(5432, 6060, 6061, 0)
+    assert "  updater:\n    interval: 7200s\n" in backend.clair_config(5432, 6060, 6061, 7200)
+    assert "source: host=postgres port=5433 " in backend.clair_config(5433, 6060, 6061, 0)
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"), [("90m", 5400), ("6h", 21600), ("1d", 86400), ("1h30m", 5400), ("45s", 45)]
+)
+def test_update_interval_durations(given, seconds):
+    from scanner.cli import _update_interval
+
+    assert _update_interval(False, given) == seconds
+    assert _update_interval(True, None) == backend.DEFAULT_UPDATE_INTERVAL
+    assert _update_interval(False, None) == 0
+
+
+@pytest.mark.parametrize("given", ["", "0m", "6", "h", "6 h", "1h-5m", "-1h", "2w"])
+def test_a_bad_update_interval_is_a_usage_error(given):
+    from conftest import run_cli
+
+    result = run_cli(["up", "--update-interval", given])
+    assert result.code == 2, result.stderr
+    assert "is not a duration such as 30m, 6h, 1d or 1h30m" in result.stderr
+    assert "Traceback" not in result.stderr

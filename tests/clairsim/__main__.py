@@ -21,6 +21,7 @@ from .config import ClairConfig, ConfigError, load_config
 from .logs import Logger
 from .server import ClairSimulator
 from .store import DatabaseUnavailable, MemoryStore, PostgresStore, Store
+from .updater import Updater
 
 DEFAULT_CONFIG = "/etc/clair/config.yaml"
 _FLAGS: dict[str, Any] = {
@@ -160,19 +161,20 @@ def main(argv: list[str] | None = None) -> int:
             logger.fatal(f"listen tcp {flags['host']}: {err}")
             return 1
 
-    if not config.updater_interval:
-        logger.info("updater service is disabled.")
-    else:
-        # No network here: the simulator never fetches updates; its data is what was loaded.
-        logger.info("updater service started", **{"lock identifier": str(uuid.uuid4())})
+    updater = Updater(
+        store,
+        config.updater_interval or 0.0,
+        logger,
+        feed=os.environ.get("CLAIRSIM_FEED") or None,
+        fetch_seconds=float(os.environ.get("CLAIRSIM_FETCH_SECONDS") or 0),
+    ).start()
 
     while not stop.wait(0.5):
         pass
     logger.info("Received interruption, gracefully stopping ...")
     if simulator is not None:
         simulator.stop()
-    if config.updater_interval:
-        logger.info("updater service stopped")
+    updater.stop()
     store.close()
     return 0
 

@@ -14,9 +14,11 @@ import copy
 import json
 import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +341,20 @@ class Store(ABC):
     @abstractmethod
     def set_key_value(self, key: str, value: str) -> None: ...
 
+    # The updater's lock (database/pgsql/lock.go): one row per name, with its owner and expiry.
+
+    @abstractmethod
+    def lock(self, name: str, owner: str, duration: float, renew: bool) -> tuple[bool, float]:
+        """Take (or with `renew`, extend our own) lock; (whether we hold it, the new expiry as
+        Unix seconds). Taking first prunes expired locks; a lock someone else holds is refused."""
+
+    @abstractmethod
+    def unlock(self, name: str, owner: str) -> None: ...
+
+    @abstractmethod
+    def find_lock(self, name: str) -> tuple[str, float] | None:
+        """(owner, expiry in Unix seconds) of a lock, expired or not."""
+
 
 # --- in memory --------------------------------------------------------------------------------
 
@@ -353,6 +369,7 @@ class MemoryStore(Store):
         self._vulnerabilities: dict[int, Vulnerability] = {}  # live ones
         self._by_feature: dict[tuple[str, str], set[int]] = {}
         self._key_values: dict[str, str] = {}
+        self._locks: dict[str, tuple[str, float]] = {}
         self._next_id = 1
         self._lock = threading.RLock()
 
@@ -436,6 +453,32 @@ class MemoryStore(Store):
     def set_key_value(self, key: str, value: str) -> None:
         self.check_available()
         self._key_values[key] = value
+
+    def lock(self, name: str, owner: str, duration: float, renew: bool) -> tuple[bool, float]:
+        self.check_available()
+        until = time.time() + duration
+        with self._lock:
+            held = self._locks.get(name)
+            if renew:
+                if held is not None and held[0] == owner:
+                    self._locks[name] = (owner, until)
+                    return True, until
+                return False, until
+            self._locks = {n: lock for n, lock in self._locks.items() if lock[1] >= time.time()}
+            if name in self._locks:
+                return False, until
+            self._locks[name] = (owner, until)
+            return True, until
+
+    def unlock(self, name: str, owner: str) -> None:
+        self.check_available()
+        with self._lock:
+            if self._locks.get(name, ("", 0.0))[0] == owner:
+                del self._locks[name]
+
+    def find_lock(self, name: str) -> tuple[str, float] | None:
+        self.check_available()
+        return self._locks.get(name)
 
     def _find(self, namespace: str, name: str) -> Vulnerability | None:
         for vulnerability in self._vulnerabilities.values():
@@ -766,6 +809,43 @@ class PostgresStore(Store):
             updated = connection.execute("UPDATE keyvalue SET value = %s WHERE key = %s", (value, key))
             if updated.rowcount == 0:
                 connection.execute("INSERT INTO keyvalue (key, value) VALUES (%s, %s)", (key, value))
+
+    def lock(self, name: str, owner: str, duration: float, renew: bool) -> tuple[bool, float]:
+        until = time.time() + duration
+        stamp = datetime.fromtimestamp(until, timezone.utc)
+        try:
+            if renew:
+                with self._connection("updateLock") as connection:
+                    done = connection.execute(
+                        "UPDATE lock SET until = %s WHERE name = %s AND owner = %s", (stamp, name, owner)
+                    )
+                return done.rowcount > 0, until
+            with self._connection("removeLockExpired") as connection:
+                connection.execute("DELETE FROM lock WHERE until < CURRENT_TIMESTAMP")
+            connection = self._acquire()
+        except (BackendError, self._psycopg.Error):
+            return False, until
+        try:
+            connection.execute(
+                "INSERT INTO lock (name, owner, until) VALUES (%s, %s, %s)", (name, owner, stamp)
+            )
+        except self._psycopg.errors.UniqueViolation:  # held by someone else: not an error to log
+            return False, until
+        except self._psycopg.Error as err:
+            self.logger.error("Handled Database Error", Description="insertLock", error=str(err).strip())
+            return False, until
+        finally:
+            self._release(connection)
+        return True, until
+
+    def unlock(self, name: str, owner: str) -> None:
+        with self._connection("removeLock") as connection:
+            connection.execute("DELETE FROM lock WHERE name = %s AND owner = %s", (name, owner))
+
+    def find_lock(self, name: str) -> tuple[str, float] | None:
+        with self._connection("searchLock") as connection:
+            row = connection.execute("SELECT owner, until FROM lock WHERE name = %s", (name,)).fetchone()
+        return (str(row[0]), row[1].timestamp()) if row else None
 
     def delete_vulnerability(self, namespace: str, name: str) -> None:
         with self._connection("removeVulnerability") as connection:
