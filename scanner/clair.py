@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import ClairError
 from .names import normalize_url, redact
+from .redact import register_secret
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class ClairClient:
         if parts.username is not None or parts.password is not None:
             user, password = unquote(parts.username or ""), unquote(parts.password or "")
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            register_secret(token)  # a server may echo the header back in an error
             self._headers["Authorization"] = f"Basic {token}"
         self._connection: http.client.HTTPConnection | None = None
 

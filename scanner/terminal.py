@@ -6,6 +6,8 @@ loaded only for what needs it (a table, colour, animation), which keeps a quick 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import sys
@@ -16,7 +18,9 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
 
+from .errors import FileSystemError
 from .models import ImageResult, Severity
+from .redact import escape, printable, printable_lines
 
 _STYLE = {
     Severity.DEFCON1: "bold magenta",
@@ -31,15 +35,36 @@ _STYLE = {
 
 class _PlainProgress:
     def status(self, name: str, text: str) -> None:
-        _write(sys.stderr, f"{name}: {text}")
+        _message(f"{name}: {text}")
 
     def layers(self, name: str, sent: int, total: int) -> None:
-        _write(sys.stderr, f"{name}: layer {sent}/{total} indexed")
+        _message(f"{name}: layer {sent}/{total} indexed")
 
 
-def _write(stream: Any, line: str) -> None:
-    stream.write(line + "\n")
-    stream.flush()
+def _message(line: str) -> None:
+    """A line on stderr. Messages are best effort: a closed or broken stderr (`2>&-`) must not
+    change how a scan ends."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.write(printable(line) + "\n")
+        sys.stderr.flush()
+
+
+@contextmanager
+def output() -> Iterator[None]:
+    """Results on stdout are not best effort: a run whose output is lost has failed."""
+    try:
+        if sys.stdout is None:
+            raise OSError(errno.EBADF, "standard output is closed")
+        yield
+    except (OSError, ValueError) as exc:
+        problem = getattr(exc, "strerror", None) or exc
+        raise FileSystemError(f"cannot write to standard output: {problem}") from None
+
+
+def flush_output() -> None:
+    """What is still buffered for stdout, written out (or the run fails, see output)."""
+    with output():
+        sys.stdout.flush()
 
 
 class _RichProgress:
@@ -81,14 +106,16 @@ class Terminal:
         if self.animated:
             from rich.text import Text
 
-            self.err.print(Text(text, style=style))
+            with contextlib.suppress(OSError, ValueError):
+                self.err.print(Text(printable(text), style=style))
         else:
-            _write(sys.stderr, text)
+            _message(text)
 
     def error(self, message: str, detail: str | None = None) -> None:
         self._line(f"clair-scan: error: {message}", "bold red")
-        if detail:
-            self._line(detail, "dim")
+        # Indented, so that no line of a container's log can pass for one of ours.
+        for line in printable_lines(detail or ""):
+            self._line(f"  {line}", "dim")
 
     def warn(self, message: str) -> None:
         self._line(f"clair-scan: warning: {message}", "yellow")
@@ -97,7 +124,9 @@ class Terminal:
         self._line(message)
 
     def json(self, document: Any) -> None:
-        _write(sys.stdout, json.dumps(document, indent=2))
+        with output():
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
+            sys.stdout.flush()
 
     @contextmanager
     def progress(self) -> Iterator[Any]:
@@ -119,7 +148,8 @@ class Terminal:
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(title=Text(f"{result.image.name} ({result.analysis.namespace or 'unknown OS'})"))
+        title = f"{result.image.name} ({result.analysis.namespace or 'unknown OS'})"
+        table = Table(title=Text(escape(title)))
         for column in ("Severity", "Vulnerability", "Package", "Installed", "Fixed in", "Layer"):
             table.add_column(column, overflow="fold")
         previous = None
@@ -134,13 +164,14 @@ class Terminal:
                     layer += " " + _shorten(finding.layer.created_by, 40)
             table.add_row(
                 Text(finding.severity.label, style=_STYLE[finding.severity]),
-                Text(finding.vulnerability),
-                Text(finding.package),
-                Text(finding.installed),
-                Text(finding.fixed or "-"),
-                Text(layer),
+                Text(escape(finding.vulnerability)),
+                Text(escape(finding.package)),
+                Text(escape(finding.installed)),
+                Text(escape(finding.fixed or "-")),
+                Text(escape(layer)),
             )
-        self.out.print(table)
+        with output():
+            self.out.print(table)
 
     def summary(self, result: ImageResult, report: str | None) -> None:
         counts = Counter(f.severity for f in result.unapproved)
@@ -164,6 +195,10 @@ class Terminal:
 
     def status(self, state: Any, max_days: float, fail_on_old: bool) -> int:
         """Print the appliance's state; the exit code says whether it is usable (and fresh)."""
+        with output():
+            return self._status(state, max_days, fail_on_old)
+
+    def _status(self, state: Any, max_days: float, fail_on_old: bool) -> int:
         from rich.table import Table
         from rich.text import Text
 
