@@ -112,11 +112,17 @@ def _first_missing(clair: ClairClient, img: Image, deadline: Deadline) -> int:
 
 
 def analyze(
-    target: Target, clair: ClairClient, resources: _Resources, settings: Settings, observer: Observer
+    target: Target,
+    clair: ClairClient,
+    resources: _Resources,
+    settings: Settings,
+    observer: Observer,
+    waiting_since: float | None = None,
 ) -> Analysis:
+    """`waiting_since` (time.monotonic()) is when the wait for Clair began, if before this call."""
     img = target.image
     started = _now()
-    deadline = Deadline(settings.clair_timeout)
+    deadline = Deadline(settings.clair_timeout, waiting_since)
     # 1. Clair may hold the whole image already: then nothing is exported or sent.
     observer.status(img.name, "asking Clair")
     top = clair.layer(img.top.chain_id, deadline)
@@ -162,9 +168,13 @@ def run(
 ) -> list[Outcome]:
     """Scan every target; a failing image does not stop the others. Reports are written only for
     images whose scan completed."""
+    from . import headstart
+
     observer = observer or Quiet()
     outcomes: list[Outcome] = []
     clair = ClairClient(clair_url)
+    # The head start may have asked Clair about the first image already.
+    waiting_since = headstart.clair_asked_at(clair_url)
     with ExitStack() as stack:
         stack.callback(clair.close)
         resources = _Resources(stack, settings)
@@ -173,7 +183,8 @@ def run(
                 outcomes.append(Outcome(name, error=target))
                 continue
             try:
-                analysis = analyze(target, clair, resources, settings, observer)
+                since, waiting_since = waiting_since, None
+                analysis = analyze(target, clair, resources, settings, observer, since)
                 result = whitelist.apply(
                     analysis, settings.whitelist, settings.threshold, settings.ignore_unfixed
                 )
