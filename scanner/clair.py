@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {500, 502, 503, 504}
 _CHUNK = 1 << 16
+_LONGEST_WAIT = 1e6
 
 
 class Deadline:
@@ -36,7 +37,8 @@ class Deadline:
         self._end = (time.monotonic() if start is None else start) + seconds
 
     def remaining(self) -> float:
-        return self._end - time.monotonic()
+        # Capped: socket and lock timeouts overflow on absurd values (--clair-timeout 1e300).
+        return min(self._end - time.monotonic(), _LONGEST_WAIT)
 
 
 @dataclass(frozen=True)

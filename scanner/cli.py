@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -84,6 +85,13 @@ def _root(
     """Scan container images for known vulnerabilities with Clair v2."""
 
 
+def _finite(value: float | None) -> float | None:
+    """Typer reads "nan" and "inf" as numbers, and ranges let them through."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 # Options shared by the commands that run the appliance, declared once.
 DbImage = Annotated[
     str, typer.Option("--db-image", envvar="CLAIR_DB_IMAGE", help="Vulnerability database image.")
@@ -101,11 +109,20 @@ ClairPort = Annotated[
     int | None, typer.Option("--clair-port", min=1, max=65535, help="Clair API port with --network host.")
 ]
 ReadyTimeout = Annotated[
-    float, typer.Option("--ready-timeout", min=1, help="Seconds to wait for the backend to be ready.")
+    float,
+    typer.Option(
+        "--ready-timeout", min=1, callback=_finite, help="Seconds to wait for the backend to be ready."
+    ),
 ]
 MaxDbAge = Annotated[
     float | None,
-    typer.Option("--max-db-age", min=0, help="Days the vulnerability data may be old.", show_default=False),
+    typer.Option(
+        "--max-db-age",
+        min=0,
+        callback=_finite,
+        help="Days the vulnerability data may be old.",
+        show_default=False,
+    ),
 ]
 LogOpt = Annotated[
     str | None, typer.Option("--log", "-l", help="Write a debug log to this file.", show_default=False)
@@ -291,7 +308,10 @@ def scan(
         int, typer.Option("--port", min=0, max=65535, help="Layer server port; 0 picks a free one.")
     ] = 0,
     clair_timeout: Annotated[
-        float, typer.Option("--clair-timeout", min=1, help="Seconds Clair may take for one image.")
+        float,
+        typer.Option(
+            "--clair-timeout", min=1, callback=_finite, help="Seconds Clair may take for one image."
+        ),
     ] = 300.0,
     whitelist_file: Annotated[
         str | None,
@@ -529,7 +549,10 @@ def down(log_file: LogOpt = None) -> None:
 @app.command()
 def status(
     max_db_age: Annotated[
-        float, typer.Option("--max-db-age", min=0, help="Warn when the vulnerability data is older (days).")
+        float,
+        typer.Option(
+            "--max-db-age", min=0, callback=_finite, help="Warn when the vulnerability data is older (days)."
+        ),
     ] = 7.0,
     fail: Annotated[
         bool, typer.Option("--fail-on-old-db", help="Exit 3 when the data is older than --max-db-age.")

@@ -375,3 +375,42 @@ def test_container_logs_in_an_error_are_indented():
         "  line 1",
         "  clair-scan: error: forged\\x1b[0m",
     ]
+
+
+# --- what the property-based tests (test_fuzz.py) found
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+@pytest.mark.parametrize("option", ["--clair-timeout", "--ready-timeout", "--max-db-age"])
+def test_numbers_that_are_not_numbers_are_usage_errors(tmp_path, option, value):
+    result = run_cli(["scan", "x", option, value], cwd=tmp_path)
+    assert result.code == 2, result.stderr
+    assert f"Invalid value for '{option}': {value} is not a finite number" in result.stderr
+
+
+def test_an_absurdly_long_clair_timeout_still_scans(clair, tmp_path):
+    result = run_cli(_scan_archive(clair, tmp_path, "--clair-timeout", "1e300"), cwd=tmp_path)
+    assert result.code == 1, result.stderr
+    validate_gitlab_report(json.loads((tmp_path / REPORT).read_text()))
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        {"Features": [1]},
+        {"Features": "x"},
+        {
+            "Features": [
+                {"Vulnerabilities": [{"Metadata": {"NVD": {"CVSSv3": {"Score": "high", "Vectors": "v"}}}}]}
+            ]
+        },
+    ],
+)
+def test_a_malformed_layer_from_clair_is_clairs_failure(layer):
+    from scanner import findings
+    from scanner.errors import ClairError
+    from scanner.models import Image, Layer
+
+    image = Image("app:1", "sha256:" + "0" * 64, (Layer(0, "sha256:1", "sha256:1", ""),))
+    with pytest.raises(ClairError, match="Clair's answer for app:1 is malformed"):
+        findings.from_clair(layer, image)
