@@ -20,6 +20,7 @@ import socket
 import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -476,7 +477,7 @@ def read_archive(path: str, workdir: str) -> list[ArchiveImage]:
         raise UsageError(f"archive not found: {path}") from None
     except IsADirectoryError:
         raise UsageError(f"archive is a directory: {path}") from None
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, ValueError, KeyError) as exc:
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, ValueError, KeyError) as exc:
         raise UsageError(f"{path} is not a readable docker save archive: {exc}") from None
     except OSError as exc:
         raise FileSystemError(f"cannot read {path}: {exc}") from None

@@ -235,6 +235,7 @@ def _guarded(work: Callable[[], int], log_file: str | None = None) -> None:
     hooks = threading.excepthook, sys.unraisablehook
     threading.excepthook, sys.unraisablehook = failures.thread_hook, failures.unraisable_hook
     handler = None
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     try:
         # The entry point holds these through start-up; from here on they end the run cleanly.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -254,8 +255,8 @@ def _guarded(work: Callable[[], int], log_file: str | None = None) -> None:
         failures.unexpected(exc)
         code = FAILURE
     finally:
-        # The outcome is settled: a late signal must not turn it into another one.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        # Held again as the entry point held them: a late signal must not change a settled outcome.
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         threading.excepthook, sys.unraisablehook = hooks
         if handler is not None:
             log.removeHandler(handler)

@@ -253,6 +253,8 @@ def test_read_gzipped_archive(tmp_path):
     [
         (b"this is not a tarball at all" * 100, "not a readable docker save archive"),
         (b"\x1f\x8b\x08\x00garbage", "not a readable docker save archive"),
+        # a gzip header, then a deflate block of the reserved type: zlib.error (found by test_fuzz)
+        (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\xff" * 20, "invalid block type"),
     ],
 )
 def test_corrupt_archives_are_usage_errors(tmp_path, content, message):
