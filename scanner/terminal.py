@@ -67,6 +67,13 @@ def flush_output() -> None:
         sys.stdout.flush()
 
 
+def _markup(text: str) -> str:
+    """Text from outside as a progress description, which rich reads as markup."""
+    from rich.markup import escape as escape_markup
+
+    return escape_markup(printable(text))
+
+
 class _RichProgress:
     def __init__(self, progress: Any) -> None:
         self._progress = progress
@@ -74,11 +81,11 @@ class _RichProgress:
 
     def _task(self, name: str) -> Any:
         if name not in self._tasks:
-            self._tasks[name] = self._progress.add_task(name, total=None)
+            self._tasks[name] = self._progress.add_task(_markup(name), total=None)
         return self._tasks[name]
 
     def status(self, name: str, text: str) -> None:
-        self._progress.update(self._task(name), description=f"{name}: {text}")
+        self._progress.update(self._task(name), description=_markup(f"{name}: {text}"))
 
     def layers(self, name: str, sent: int, total: int) -> None:
         self._progress.update(self._task(name), completed=sent, total=total)
@@ -209,7 +216,7 @@ class Terminal:
         for column in ("Name", "Image", "State"):
             table.add_column(column)
         for name, image, condition in state.containers:
-            table.add_row(Text(name), Text(image), Text(condition))
+            table.add_row(Text(escape(name)), Text(escape(image)), Text(escape(condition)))
         self.out.print(table)
         if state.clair_url is None or state.clair_problem:
             self.error(f"Clair is not usable: {state.clair_problem or 'no warm appliance'}")

@@ -414,3 +414,53 @@ def test_a_malformed_layer_from_clair_is_clairs_failure(layer):
     image = Image("app:1", "sha256:" + "0" * 64, (Layer(0, "sha256:1", "sha256:1", ""),))
     with pytest.raises(ClairError, match="Clair's answer for app:1 is malformed"):
         findings.from_clair(layer, image)
+
+
+def _evil_archive(tmp_path: Path) -> Path:
+    tarball = tmp_path / "evil.tar"
+    write_docker_save(
+        tarball, debian_image_layers(), repo_tags=["evil/app:1\x1b[2J\nclair-scan: error: [bold]forged"]
+    )
+    return tarball
+
+
+def test_control_characters_in_an_archives_image_name(clair, tmp_path):
+    args = ["scan", "--archive", str(_evil_archive(tmp_path)), "--clair", clair.url, "--ip", "127.0.0.1"]
+    result = run_process(args, cwd=tmp_path)
+    assert result.code == 1, result.stderr
+    assert "\x1b" not in result.stderr + result.stdout
+    assert _error_lines(result.stderr) == []
+    assert "evil/app:1\\x1b[2J\\nclair-scan: error: [bold]forged: 7 unapproved" in result.stderr
+
+
+def test_control_characters_in_an_image_name_on_a_terminal(clair, tmp_path):
+    """On a terminal, progress is drawn by rich, which reads descriptions as markup."""
+    import pty
+
+    args = ["scan", "--archive", str(_evil_archive(tmp_path)), "--clair", clair.url, "--ip", "127.0.0.1"]
+    leader, follower = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "300", "TERM": "xterm"}
+    env.pop("CI", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scanner", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    process.communicate(timeout=120)
+    os.close(leader)
+    assert process.returncode == 1
+    text = seen.decode(errors="replace")
+    assert "\x1b[2J" not in text and "\nclair-scan: error: [bold]" not in text
+    assert "[bold]forged" in text  # shown as written, not taken as markup
