@@ -14,6 +14,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import Any
 
 from .archive import Blob
 from .errors import ScanError, UsageError
@@ -28,6 +29,11 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     layers: dict[str, Blob]
     token: str
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback on stderr for any error in a request, a client that
+        # hung up mid-answer included. A download that failed is Clair's to report.
+        log.debug("layer server: request from %s failed", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
