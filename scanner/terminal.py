@@ -67,6 +67,18 @@ def flush_output() -> None:
         sys.stdout.flush()
 
 
+def _console(**options: Any) -> Any:
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich would exit 1, which CI reads as "vulnerabilities found": a reader that is gone
+            # is an output failure like any other (see output).
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    return _Console(**options)
+
+
 def _markup(text: str) -> str:
     """Text from outside as a progress description, which rich reads as markup."""
     from rich.markup import escape as escape_markup
@@ -98,15 +110,11 @@ class Terminal:
 
     @cached_property
     def out(self) -> Any:
-        from rich.console import Console
-
-        return Console(highlight=False, soft_wrap=True)
+        return _console(highlight=False, soft_wrap=True)
 
     @cached_property
     def err(self) -> Any:
-        from rich.console import Console
-
-        return Console(stderr=True, highlight=False, soft_wrap=True)
+        return _console(stderr=True, highlight=False, soft_wrap=True)
 
     def _line(self, text: str, style: str = "") -> None:
         """A line on stderr; markup is never interpreted, since image names may hold brackets."""

@@ -197,9 +197,10 @@ def test_stdout_on_a_full_disk(clair, tmp_path):
     validate_gitlab_report(json.loads((tmp_path / REPORT).read_text()))
 
 
-def test_stdout_whose_reader_is_gone(clair, tmp_path):
+@pytest.mark.parametrize("output", ["json", "table"])
+def test_stdout_whose_reader_is_gone(clair, tmp_path, output):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-m", "scanner", *_scan_archive(clair, tmp_path, "--format", "json")]
+    args = [sys.executable, "-m", "scanner", *_scan_archive(clair, tmp_path, "--format", output)]
     process = subprocess.Popen(
         args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
