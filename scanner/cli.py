@@ -251,7 +251,7 @@ def _guarded(work: Callable[[], int], log_file: str | None = None) -> None:
     except KeyboardInterrupt:
         terminal.error("interrupted")
         code = INTERRUPTED
-    except Exception as exc:  # a bug: say so, and never exit 1, which CI reads as "vulnerable"
+    except (Exception, SystemExit) as exc:  # a bug (or a library exiting): never exit 1, "vulnerable"
         failures.unexpected(exc)
         code = FAILURE
     finally:

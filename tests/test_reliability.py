@@ -465,3 +465,18 @@ def test_control_characters_in_an_image_name_on_a_terminal(clair, tmp_path):
     text = seen.decode(errors="replace")
     assert "\x1b[2J" not in text and "\nclair-scan: error: [bold]" not in text
     assert "[bold]forged" in text  # shown as written, not taken as markup
+
+
+def test_a_library_that_exits_on_its_own_is_a_failure(tmp_path):
+    """A library calling sys.exit(1) mid-run (rich does on a broken pipe) must not read as findings."""
+    prelude = """
+        import sys
+        from scanner import whitelist
+        whitelist.load = lambda path: sys.exit(1)
+    """
+    (tmp_path / "w.yml").write_text("{}\n")
+    done = _process(["scan", "x", "--clair", "http://127.0.0.1:1", "-w", "w.yml"], tmp_path, prelude)
+    assert done.returncode == 3
+    assert _error_lines(done.stderr) == [
+        "clair-scan: error: unexpected SystemExit: 1 (please report it; run with --log FILE for details)"
+    ]
