@@ -185,7 +185,7 @@ def _read(
     """The body, within the deadline: a socket timeout bounds each read, not the whole answer, and
     a server sending a byte now and then would otherwise keep us waiting for ever."""
     chunks = []
-    while chunk := answer.read(_CHUNK):
+    while chunk := answer.read1(_CHUNK):  # what one read of the socket gives, not a full 64 KiB
         chunks.append(chunk)
         left = deadline.remaining()
         if left <= 0:
