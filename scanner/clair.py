@@ -192,6 +192,7 @@ def _read(
             raise TimeoutError
         if connection.sock is not None:
             connection.sock.settimeout(left)
+    chunks.append(answer.read())  # nothing left, but it marks the answer done: the connection is reused
     return b"".join(chunks)
 
 
