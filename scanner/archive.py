@@ -9,6 +9,7 @@ are never extracted: they are served as byte ranges of the spool (or archive) fi
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import json
@@ -20,6 +21,7 @@ import socket
 import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -436,10 +438,31 @@ def _plain_tar(path: str, workdir: str) -> str:
     if magic != b"\x1f\x8b":
         return path
     plain = os.path.join(workdir, "archive.tar")
-    with gzip.open(path, "rb") as src, open(plain, "wb") as out:
-        while chunk := src.read(CHUNK):
-            out.write(chunk)
+    with gzip.open(path, "rb") as src:
+        out = _create(plain)
+        try:
+            while chunk := src.read(CHUNK):
+                try:
+                    _write_all(out, chunk)
+                except OSError as exc:
+                    raise _cannot_write(plain, exc) from None
+        finally:
+            os.close(out)
     return plain
+
+
+def _create(path: str) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(path: str, exc: OSError) -> FileSystemError:
+    """A failed write names the file written (a temp file, not the archive being read)."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    hint = "free space there, or point TMPDIR at a larger file system" if full else None
+    return FileSystemError(f"cannot write {path}: {exc.strerror or exc}", hint=hint)
 
 
 def read_archive(path: str, workdir: str, platform: str | None = None) -> list[ArchiveImage]:
@@ -458,7 +481,7 @@ def read_archive(path: str, workdir: str, platform: str | None = None) -> list[A
         raise UsageError(f"archive is a directory: {path}") from None
     except ScanError:
         raise
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, ValueError, KeyError, TypeError) as exc:
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{path} is not a readable docker save archive: {exc}") from None
     except OSError as exc:
         raise FileSystemError(f"cannot read {path}: {exc}") from None

@@ -21,19 +21,24 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import ClairError
 from .names import normalize_url, redact
+from .redact import register_secret
 
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
+_CHUNK = 1 << 16
+_LONGEST_WAIT = 1e6
 
 
 class Deadline:
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, start: float | None = None) -> None:
+        """`seconds` from `start` (time.monotonic()), by default from now."""
         self.seconds = seconds
-        self._end = time.monotonic() + seconds
+        self._end = (time.monotonic() if start is None else start) + seconds
 
     def remaining(self) -> float:
-        return self._end - time.monotonic()
+        # Capped: socket and lock timeouts overflow on absurd values (--clair-timeout 1e300).
+        return min(self._end - time.monotonic(), _LONGEST_WAIT)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class ClairClient:
         if parts.username is not None or parts.password is not None:
             user, password = unquote(parts.username or ""), unquote(parts.password or "")
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            register_secret(token)  # a server may echo the header back in an error
             self._headers["Authorization"] = f"Basic {token}"
         self._connection: http.client.HTTPConnection | None = None
 
@@ -123,11 +129,10 @@ class ClairClient:
         payload = None if body is None else json.dumps(body).encode()
         delay = self.backoff
         for attempt in range(self.retries + 1):
-            left = deadline.remaining()
-            if left <= 0:
+            if deadline.remaining() <= 0:
                 raise self._timeout(deadline)
             try:
-                response = self._request(method, path, payload, left)
+                response = self._request(method, path, payload, deadline)
             except TimeoutError:
                 raise self._timeout(deadline) from None
             except ssl.SSLCertVerificationError as exc:
@@ -153,15 +158,15 @@ class ClairClient:
                 break
         raise error
 
-    def _request(self, method: str, path: str, payload: bytes | None, timeout: float) -> Response:
-        connection = self._connect(timeout)
+    def _request(self, method: str, path: str, payload: bytes | None, deadline: Deadline) -> Response:
+        connection = self._connect(deadline.remaining())
         headers = dict(self._headers)
         if payload is not None:
             headers["Content-Type"] = "application/json"
         try:
             connection.request(method, self._prefix + path, body=payload, headers=headers)
             answer = connection.getresponse()
-            body = answer.read()
+            body = _read(answer, connection, deadline)
             if answer.getheader("Content-Encoding", "").strip().lower() == "gzip":
                 body = gzip.decompress(body)
             return Response(answer.status, answer.reason, body)
@@ -190,6 +195,23 @@ class ClairClient:
             f"Clair at {redact(self.url)} did not finish within {deadline.seconds:g} s",
             hint="raise --clair-timeout for very large images",
         )
+
+
+def _read(
+    answer: http.client.HTTPResponse, connection: http.client.HTTPConnection, deadline: Deadline
+) -> bytes:
+    """The body, within the deadline: a socket timeout bounds each read, not the whole answer, and
+    a server sending a byte now and then would otherwise keep us waiting for ever."""
+    chunks = []
+    while chunk := answer.read1(_CHUNK):  # what one read of the socket gives, not a full 64 KiB
+        chunks.append(chunk)
+        left = deadline.remaining()
+        if left <= 0:
+            raise TimeoutError
+        if connection.sock is not None:
+            connection.sock.settimeout(left)
+    chunks.append(answer.read())  # nothing left, but it marks the answer done: the connection is reused
+    return b"".join(chunks)
 
 
 def _dropped(sock: Any) -> bool:

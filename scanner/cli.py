@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import signal
@@ -24,6 +25,7 @@ import typer
 from . import __version__, formats
 from .errors import BackendError, ScanError, UsageError
 from .models import Severity
+from .redact import printable, printable_lines, redact
 
 OK, FOUND, USAGE, FAILURE, INTERRUPTED, TERMINATED = 0, 1, 2, 3, 130, 143
 
@@ -68,7 +70,10 @@ class Network(str, Enum):
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"clair-scan {__version__}")
+        from .terminal import output
+
+        with output():
+            typer.echo(f"clair-scan {__version__}")
         raise typer.Exit(OK)
 
 
@@ -79,6 +84,13 @@ def _root(
     ] = False,
 ) -> None:
     """Scan container images for known vulnerabilities with Clair v2."""
+
+
+def _finite(value: float | None) -> float | None:
+    """Typer reads "nan" and "inf" as numbers, and ranges let them through."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 # Options shared by the commands that run the appliance, declared once.
@@ -116,7 +128,11 @@ ClairPort = Annotated[
 ReadyTimeout = Annotated[
     float,
     typer.Option(
-        "--ready-timeout", min=1, help="Seconds to wait for the backend to be ready.", metavar="SECONDS"
+        "--ready-timeout",
+        min=1,
+        callback=_finite,
+        help="Seconds to wait for the backend to be ready.",
+        metavar="SECONDS",
     ),
 ]
 MaxDbAge = Annotated[
@@ -124,6 +140,7 @@ MaxDbAge = Annotated[
     typer.Option(
         "--max-db-age",
         min=0,
+        callback=_finite,
         help="Days the vulnerability data may be old.",
         show_default=False,
         metavar="DAYS",
@@ -168,28 +185,93 @@ def _backend_settings(
     )
 
 
-def _setup_log(path: str | None) -> None:
+def _setup_log(path: str | None) -> logging.Handler | None:
+    # Without a handler anywhere, logging's last resort prints warnings and `log.exception`'s
+    # traceback on stderr; this run's messages go through the terminal, details only to --log.
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
+    logging.raiseExceptions = False  # a log file that cannot be written must not print tracebacks
     if not path:
-        return
+        return None
     try:
         handler = logging.FileHandler(path, encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot open log file {path}: {exc.strerror or exc}") from None
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG)
+    return handler
+
+
+class _LogFormatter(logging.Formatter):
+    """Log records made printable: a message stays on its record's line, and the lines of a
+    traceback are indented, so no text from outside can pass for a record of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
+        record.msg, record.args = printable(record.getMessage()), None
+        record.exc_text = None  # another formatter's, unredacted
+        return super().format(record)
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join("    " + line for line in printable_lines(super().formatException(ei)))
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join("    " + line for line in printable_lines(stack_info))
+
+
+_decided: list[int] = []
+"""The exit codes command bodies decided on: only these may be 0 or 1 (see main)."""
+
+
+class _Failures:
+    """Errors no code path expected, in any thread, while a command body runs: each is logged
+    with its traceback (to --log only) and shown as one line. Any of them makes the run's result
+    untrustworthy, so it cannot end 0 or 1."""
+
+    def __init__(self, terminal: Any, log_file: str | None) -> None:
+        self.terminal = terminal
+        self.where = f"details in {log_file}" if log_file else "run with --log FILE for details"
+        self.seen = 0
+
+    def unexpected(self, exc: BaseException, context: str = "") -> None:
+        self.seen += 1
+        log.error("unexpected error%s", context, exc_info=(type(exc), exc, exc.__traceback__))
+        what = f"unexpected {type(exc).__name__}{context}: {exc}"
+        self.terminal.error(f"{what} (please report it; {self.where})")
+
+    def thread_hook(self, args: Any) -> None:
+        if args.exc_type is SystemExit or args.exc_value is None:
+            return
+        name = args.thread.name if args.thread is not None else "a thread"
+        self.unexpected(args.exc_value, f" in {name}")
+
+    def unraisable_hook(self, args: Any) -> None:
+        # Errors Python can only report (a failing __del__, a finalizer at exit): the run's
+        # outcome does not depend on them, so they go to the log alone.
+        if args.exc_value is not None:
+            log.debug("ignored: %s", args.err_msg or args.object, exc_info=args.exc_value)
 
 
 def _guarded(work: Callable[[], int], log_file: str | None = None) -> None:
     """Run a command body, turning every way it can end into one stderr line and an exit code."""
-    from .terminal import Terminal
+    import threading
+
+    from .terminal import Terminal, flush_output
 
     terminal = Terminal()
+    failures = _Failures(terminal, log_file)
+    hooks = threading.excepthook, sys.unraisablehook
+    threading.excepthook, sys.unraisablehook = failures.thread_hook, failures.unraisable_hook
+    handler = None
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     try:
         # The entry point holds these through start-up; from here on they end the run cleanly.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-        _setup_log(log_file)
+        handler = _setup_log(log_file)
         code = work()
+        flush_output()
     except ScanError as exc:
         terminal.error(str(exc), exc.detail)
         code = exc.exit_code if exc.exit_code in (USAGE, FAILURE) else FAILURE
@@ -199,10 +281,19 @@ def _guarded(work: Callable[[], int], log_file: str | None = None) -> None:
     except KeyboardInterrupt:
         terminal.error("interrupted")
         code = INTERRUPTED
-    except Exception as exc:  # a bug: say so, and never exit 1, which CI reads as "vulnerable"
-        log.exception("unexpected error")
-        terminal.error(f"unexpected {type(exc).__name__}: {exc} (please report it; --log FILE has details)")
+    except (Exception, SystemExit) as exc:  # a bug (or a library exiting): never exit 1, "vulnerable"
+        failures.unexpected(exc)
         code = FAILURE
+    finally:
+        # Held again as the entry point held them: a late signal must not change a settled outcome.
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        threading.excepthook, sys.unraisablehook = hooks
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+    if failures.seen and code in (OK, FOUND):
+        code = FAILURE
+    _decided.append(code)
     raise typer.Exit(code)
 
 
@@ -276,7 +367,11 @@ def scan(
     clair_timeout: Annotated[
         float,
         typer.Option(
-            "--clair-timeout", min=1, help="Seconds Clair may take for one image.", metavar="SECONDS"
+            "--clair-timeout",
+            min=1,
+            callback=_finite,
+            help="Seconds Clair may take for one image.",
+            metavar="SECONDS",
         ),
     ] = 300.0,
     whitelist_file: Annotated[
@@ -505,7 +600,7 @@ def _show(terminal: Any, outcomes: list[Any], plan: formats.Plan) -> int:
         if outcome.error is not None:
             terminal.error(f"{outcome.name}: {outcome.error}", outcome.error.detail)
             code = max(code, outcome.error.exit_code)
-            documents.append({"image": outcome.name, "error": str(outcome.error)})
+            documents.append({"image": outcome.name, "error": redact(str(outcome.error))})
             continue
         result = outcome.result
         results.append(result)
@@ -632,7 +727,11 @@ def status(
     max_db_age: Annotated[
         float,
         typer.Option(
-            "--max-db-age", min=0, help="Warn when the vulnerability data is older (days).", metavar="DAYS"
+            "--max-db-age",
+            min=0,
+            callback=_finite,
+            help="Warn when the vulnerability data is older (days).",
+            metavar="DAYS",
         ),
     ] = 7.0,
     fail: Annotated[
@@ -702,14 +801,34 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
+        code = OK
     except SystemExit as done:
-        if not isinstance(done.code, int | None):
-            raise
-        code = done.code or OK
+        code = done.code if isinstance(done.code, int) else FAILURE if done.code else OK
+    except ScanError as exc:
+        _last_words(str(exc))
+        code = exc.exit_code
+    except BaseException as exc:  # outside a command body: Typer itself, --help or --version
+        _last_words(f"unexpected {type(exc).__name__}: {exc} (please report it)")
+        code = FAILURE
+    # 1 says "vulnerabilities found" and only a finished scan may say it. Typer exits 1 on its
+    # own too (a broken pipe while printing --help): that is a failure.
+    if code == FOUND and FOUND not in _decided:
+        code = FAILURE
     # The run has cleaned up after itself by now. Tearing the interpreter down, freeing every
     # module the docker SDK and Typer loaded, would add ~30 ms to every scan.
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`) is not an error
-            stream.flush()
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except (OSError, ValueError):
+        if code in (OK, FOUND):
+            code = FAILURE
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # messages are best effort
+        sys.stderr.flush()
     os._exit(code)
+
+
+def _last_words(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.write(f"clair-scan: error: {printable(message)}\n")
+        sys.stderr.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import ClairError
 from .models import Cvss, Finding, Image, Package, Severity
 
 
@@ -29,6 +30,16 @@ def _cvss(metadata: Any) -> tuple[Cvss, ...]:
 
 def from_clair(layer: dict[str, Any], image: Image) -> tuple[str, int, tuple[Finding, ...]]:
     """The top layer's namespace, package count and findings, sorted most severe first."""
+    try:
+        return _from_clair(layer, image)
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:
+        # Clair's answer is outside data: a shape we cannot read is Clair's failure, not a bug.
+        raise ClairError(
+            f"Clair's answer for {image.name} is malformed: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _from_clair(layer: dict[str, Any], image: Image) -> tuple[str, int, tuple[Finding, ...]]:
     by_chain = {layer.chain_id: layer for layer in image.layers}
     features = layer.get("Features") or []
     findings: dict[tuple[str, str, str], Finding] = {}

@@ -63,6 +63,9 @@ class HeadStart:
 
 
 _started: HeadStart | None = None
+_clair_asked: tuple[str, float] | None = None
+"""(Clair's URL, when the head start began to wait for it): that wait is part of the first
+image's --clair-timeout, not in addition to it."""
 
 
 def scan_request(argv: list[str], environ: dict[str, str]) -> tuple[str, str] | None:
@@ -125,22 +128,48 @@ def begin(argv: list[str], environ: dict[str, str]) -> None:
         image_id, diff_ids = attrs["Id"], attrs["RootFS"]["Layers"]
         top = chain_ids(diff_ids)[-1]
         clair_address = (parts.hostname or "", parts.port or 0)
-        status, body = dockerapi.get(clair_address, f"{parts.path}/v1/layers/{top}", deadline)
+        global _clair_asked
+        _clair_asked = (clair_url, time.monotonic())
+        clair_deadline = min(deadline, _clair_asked[1] + _clair_timeout(argv))
+        status, body = dockerapi.get(clair_address, f"{parts.path}/v1/layers/{top}", clair_deadline)
         if status == 404 and not body.startswith(b"{"):
             # No Clair v2 (it says it lacks a layer in JSON): a Clair v4 lacks the image when it
             # has no report for its manifest.
-            status, body = dockerapi.get(clair_address, f"{parts.path}/indexer/api/v1/index_state", deadline)
+            status, body = dockerapi.get(
+                clair_address, f"{parts.path}/indexer/api/v1/index_state", clair_deadline
+            )
             if status != 200:
                 return
             digest = manifest_hash(json.loads(body)["state"], diff_ids)
             status, body = dockerapi.get(
-                clair_address, f"{parts.path}/matcher/api/v1/vulnerability_report/{digest}", deadline
+                clair_address, f"{parts.path}/matcher/api/v1/vulnerability_report/{digest}", clair_deadline
             )
         if status != 404 or not body.startswith(b"{"):
             return  # held (a rescan: nothing to export), or an answer the normal path should see
         _started = HeadStart(ref, clair_url, dockerapi.send_save(address, image_id, TIMEOUT))
     except (OSError, ValueError, KeyError, TypeError, IndexError, ScanError):
         pass
+
+
+def _clair_timeout(argv: list[str]) -> float:
+    """The scan's --clair-timeout as Typer will read it (scan_request has checked the rest)."""
+    value = "300"
+    for arg, following in zip(argv, [*argv[1:], ""], strict=True):
+        if arg == "--clair-timeout":
+            value = following
+        elif arg.startswith("--clair-timeout="):
+            value = arg.partition("=")[2]
+    try:
+        return float(value)
+    except ValueError:
+        return 0.0  # Typer will refuse it; nothing is worth waiting for
+
+
+def clair_asked_at(clair_url: str) -> float | None:
+    """When the head start began to wait for this Clair, if it did; handed out once."""
+    global _clair_asked
+    asked, _clair_asked = _clair_asked, None
+    return asked[1] if asked is not None and asked[0] == clair_url else None
 
 
 def claim(ref: str, clair_url: str | None) -> HeadStart | None:

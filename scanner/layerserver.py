@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import Any
 
 from .archive import Blob
 from .errors import ScanError, UsageError
@@ -39,6 +40,11 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     layers: dict[str, Blob | Stream]
     token: str
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback on stderr for any error in a request, a client that
+        # hung up mid-answer included. A download that failed is Clair's to report.
+        log.debug("layer server: request from %s failed", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -4,9 +4,10 @@ by its socket. Standard library only: the head start needs these before anything
 from __future__ import annotations
 
 import hashlib
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import UsageError
+from .redact import register_secret
 
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 
@@ -35,24 +36,30 @@ def normalize_url(url: str) -> str:
     url = url.strip().rstrip("/")
     if "://" not in url:
         url = "http://" + url
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # a port that is not a number, or out of range
+        raise UsageError(f"not a Clair URL: {redact(url)}: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"not a Clair URL: {redact(url)}")
-    if parts.port is None:
+    # Printed nowhere, whatever message or log line it turns up in.
+    register_secret(unquote(parts.password or ""))
+    register_secret(parts.password)
+    if port is None:
         netloc = parts.netloc + ":6060"
         url = urlunsplit(parts._replace(netloc=netloc))
     return url
 
 
 def redact(url: str) -> str:
-    """The URL without credentials, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    """The URL without credentials, for messages and logs (whatever else is wrong with it)."""
+    scheme, separator, rest = url.partition("://")
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    _, at, host = rest[:end].rpartition("@")
+    if not separator or not at:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return f"{scheme}://***@{host}{rest[end:]}"
 
 
 def plain_docker_endpoint(environ: dict[str, str]) -> str | tuple[str, int] | None:

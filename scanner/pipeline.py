@@ -108,11 +108,17 @@ def _first_missing(clair: ClairClient, img: Image, deadline: Deadline) -> int:
 
 
 def analyze(
-    target: Target, clair: ClairClient, resources: _Resources, settings: Settings, observer: Observer
+    target: Target,
+    clair: ClairClient,
+    resources: _Resources,
+    settings: Settings,
+    observer: Observer,
+    waiting_since: float | None = None,
 ) -> Analysis:
+    """`waiting_since` (time.monotonic()) is when the wait for Clair began, if before this call."""
     img = target.image
     started = _now()
-    deadline = Deadline(settings.clair_timeout)
+    deadline = Deadline(settings.clair_timeout, waiting_since)
     # 1. Clair may hold the whole image already: then nothing is exported or sent.
     observer.status(img.name, "asking Clair")
     top = clair.layer(img.top.chain_id, deadline)
@@ -158,13 +164,18 @@ def analyze(
 
 
 def analyze_v4(
-    target: Target, clair: ClairClient, resources: _Resources, settings: Settings, observer: Observer
+    target: Target,
+    clair: ClairClient,
+    resources: _Resources,
+    settings: Settings,
+    observer: Observer,
+    waiting_since: float | None = None,
 ) -> Analysis:
     """As `analyze`, against Clair v4: one manifest for the image. The image is exported and its
     layers published only when Clair lacks the manifest; Clair downloads them while we wait."""
     img = target.image
     started = _now()
-    deadline = Deadline(settings.clair_timeout)
+    deadline = Deadline(settings.clair_timeout, waiting_since)
     observer.status(img.name, "asking Clair v4")
     with ExitStack() as stack:
         opened: list[LayerAccess] = []
@@ -201,9 +212,13 @@ def run(
 ) -> list[Outcome]:
     """Scan every target; a failing image does not stop the others. An image's files are written
     as soon as its scan completed, and only then."""
+    from . import headstart
+
     observer = observer or Quiet()
     outcomes: list[Outcome] = []
     clair = ClairClient(clair_url)
+    # The head start may have asked Clair about the first image already.
+    waiting_since = headstart.clair_asked_at(clair_url)
     with ExitStack() as stack:
         stack.callback(clair.close)
         try:
@@ -218,7 +233,8 @@ def run(
                 outcomes.append(Outcome(name, error=target))
                 continue
             try:
-                analysis = analyze_one(target, clair, resources, settings, observer)
+                since, waiting_since = waiting_since, None
+                analysis = analyze_one(target, clair, resources, settings, observer, since)
                 result = whitelist.apply(
                     analysis, settings.whitelist, settings.threshold, settings.ignore_unfixed
                 )

@@ -6,6 +6,8 @@ loaded only for what needs it (a table, colour, animation), which keeps a quick 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import sys
@@ -16,7 +18,9 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
 
+from .errors import FileSystemError
 from .models import Finding, ImageResult, Severity
+from .redact import escape, printable, printable_lines
 
 _STYLE = {
     Severity.DEFCON1: "bold magenta",
@@ -31,18 +35,58 @@ _STYLE = {
 
 class _PlainProgress:
     def status(self, name: str, text: str) -> None:
-        _write(sys.stderr, f"{name}: {text}")
+        _message(f"{name}: {text}")
 
     def layers(self, name: str, sent: int, total: int) -> None:
-        _write(sys.stderr, f"{name}: layer {sent}/{total} indexed")
+        _message(f"{name}: layer {sent}/{total} indexed")
 
     def warn(self, text: str) -> None:
-        _write(sys.stderr, f"clair-scan: warning: {text}")
+        _message(f"clair-scan: warning: {text}")
 
 
-def _write(stream: Any, line: str) -> None:
-    stream.write(line + "\n")
-    stream.flush()
+def _message(line: str) -> None:
+    """A line on stderr. Messages are best effort: a closed or broken stderr (`2>&-`) must not
+    change how a scan ends."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.write(printable(line) + "\n")
+        sys.stderr.flush()
+
+
+@contextmanager
+def output() -> Iterator[None]:
+    """Results on stdout are not best effort: a run whose output is lost has failed."""
+    try:
+        if sys.stdout is None:
+            raise OSError(errno.EBADF, "standard output is closed")
+        yield
+    except (OSError, ValueError) as exc:
+        problem = getattr(exc, "strerror", None) or exc
+        raise FileSystemError(f"cannot write to standard output: {problem}") from None
+
+
+def flush_output() -> None:
+    """What is still buffered for stdout, written out (or the run fails, see output)."""
+    with output():
+        sys.stdout.flush()
+
+
+def _console(**options: Any) -> Any:
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich would exit 1, which CI reads as "vulnerabilities found": a reader that is gone
+            # is an output failure like any other (see output).
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    return _Console(**options)
+
+
+def _markup(text: str) -> str:
+    """Text from outside as a progress description, which rich reads as markup."""
+    from rich.markup import escape as escape_markup
+
+    return escape_markup(printable(text))
 
 
 class _RichProgress:
@@ -52,11 +96,11 @@ class _RichProgress:
 
     def _task(self, name: str) -> Any:
         if name not in self._tasks:
-            self._tasks[name] = self._progress.add_task(name, total=None)
+            self._tasks[name] = self._progress.add_task(_markup(name), total=None)
         return self._tasks[name]
 
     def status(self, name: str, text: str) -> None:
-        self._progress.update(self._task(name), description=f"{name}: {text}")
+        self._progress.update(self._task(name), description=_markup(f"{name}: {text}"))
 
     def layers(self, name: str, sent: int, total: int) -> None:
         self._progress.update(self._task(name), completed=sent, total=total)
@@ -74,29 +118,27 @@ class Terminal:
 
     @cached_property
     def out(self) -> Any:
-        from rich.console import Console
-
-        return Console(highlight=False, soft_wrap=True)
+        return _console(highlight=False, soft_wrap=True)
 
     @cached_property
     def err(self) -> Any:
-        from rich.console import Console
-
-        return Console(stderr=True, highlight=False, soft_wrap=True)
+        return _console(stderr=True, highlight=False, soft_wrap=True)
 
     def _line(self, text: str, style: str = "") -> None:
         """A line on stderr; markup is never interpreted, since image names may hold brackets."""
         if self.animated:
             from rich.text import Text
 
-            self.err.print(Text(text, style=style))
+            with contextlib.suppress(OSError, ValueError):
+                self.err.print(Text(printable(text), style=style))
         else:
-            _write(sys.stderr, text)
+            _message(text)
 
     def error(self, message: str, detail: str | None = None) -> None:
         self._line(f"clair-scan: error: {message}", "bold red")
-        if detail:
-            self._line(detail, "dim")
+        # Indented, so that no line of a container's log can pass for one of ours.
+        for line in printable_lines(detail or ""):
+            self._line(f"  {line}", "dim")
 
     def warn(self, message: str) -> None:
         self._line(f"clair-scan: warning: {message}", "yellow")
@@ -105,7 +147,9 @@ class Terminal:
         self._line(message)
 
     def json(self, document: Any) -> None:
-        _write(sys.stdout, json.dumps(document, indent=2))
+        with output():
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
+            sys.stdout.flush()
 
     @contextmanager
     def progress(self) -> Iterator[Any]:
@@ -123,12 +167,14 @@ class Terminal:
     def table(self, result: ImageResult) -> None:
         table = findings_table(result)
         if table is not None:
-            self.out.print(table)
+            with output():
+                self.out.print(table)
 
     def document(self, data: bytes) -> None:
         """A rendered report on stdout (`--output FORMAT` without a file)."""
-        sys.stdout.write(data.decode("utf-8"))
-        sys.stdout.flush()
+        with output():
+            sys.stdout.write(data.decode("utf-8"))
+            sys.stdout.flush()
 
     def summary(self, result: ImageResult, files: Sequence[str] = ()) -> None:
         counts = Counter(f.severity for f in result.unapproved)
@@ -152,6 +198,10 @@ class Terminal:
 
     def status(self, state: Any, max_days: float, fail_on_old: bool, fail_on_unknown: bool) -> int:
         """Print the appliance's state; the exit code says whether it is usable (and fresh)."""
+        with output():
+            return self._status(state, max_days, fail_on_old, fail_on_unknown)
+
+    def _status(self, state: Any, max_days: float, fail_on_old: bool, fail_on_unknown: bool) -> int:
         from rich.table import Table
         from rich.text import Text
 
@@ -162,7 +212,7 @@ class Terminal:
         for column in ("Name", "Image", "State"):
             table.add_column(column)
         for name, image, condition in state.containers:
-            table.add_row(Text(name), Text(image), Text(condition))
+            table.add_row(Text(escape(name)), Text(escape(image)), Text(escape(condition)))
         self.out.print(table)
         if state.clair_url is None or state.clair_problem:
             self.error(f"Clair is not usable: {state.clair_problem or 'no warm appliance'}")
@@ -208,7 +258,7 @@ def findings_table(result: ImageResult) -> Any:
     from rich.text import Text
 
     with_cvss = any(f.cvss for f in shown)
-    table = Table(title=Text(f"{result.image.name} ({result.analysis.namespace or 'unknown OS'})"))
+    table = Table(title=Text(escape(f"{result.image.name} ({result.analysis.namespace or 'unknown OS'})")))
     columns = ["Severity", "Vulnerability", "Package", "Installed", "Fixed in", "Layer"]
     if with_cvss:
         columns.insert(1, "CVSS")
@@ -226,11 +276,11 @@ def findings_table(result: ImageResult) -> Any:
                 layer += " " + _shorten(finding.layer.created_by, 40)
         cells = [
             Text(finding.severity.label, style=_STYLE[finding.severity]),
-            Text(finding.vulnerability),
-            Text(finding.package),
-            Text(finding.installed),
-            Text(finding.fixed or "-"),
-            Text(layer),
+            Text(escape(finding.vulnerability)),
+            Text(escape(finding.package)),
+            Text(escape(finding.installed)),
+            Text(escape(finding.fixed or "-")),
+            Text(escape(layer)),
         ]
         if with_cvss:
             cells.insert(1, Text(_cvss(finding)))

@@ -56,11 +56,24 @@ class Whitelist:
 def load(path: str) -> Whitelist:
     import yaml  # only scans with a whitelist pay for it
 
+    class Loader(yaml.SafeLoader):
+        def construct_yaml_timestamp(self, node: Any) -> Any:
+            # PyYAML builds dates as it parses: `expires: 2027-02-30` fails in datetime.date,
+            # with no word of where. Said as YAML's other errors are, with the line.
+            try:
+                return super().construct_yaml_timestamp(node)
+            except (ValueError, OverflowError) as exc:
+                problem = f"{node.value!r} is not a date ({exc})"
+                raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
+    Loader.add_constructor("tag:yaml.org,2002:timestamp", Loader.construct_yaml_timestamp)
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            data = yaml.load(handle, Loader=Loader)  # a SafeLoader
     except FileNotFoundError:
         raise UsageError(f"whitelist not found: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"whitelist is a directory: {path}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -68,6 +81,8 @@ def load(path: str) -> Whitelist:
         raise UsageError(f"malformed whitelist {path}{where}: {problem}") from None
     except UnicodeDecodeError:
         raise UsageError(f"malformed whitelist {path}: not UTF-8 text") from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # whatever else PyYAML lets through
+        raise UsageError(f"malformed whitelist {path}: {exc}") from None
     except OSError as exc:
         raise FileSystemError(f"cannot read whitelist {path}: {exc.strerror or exc}") from None
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
+from hypothesis import HealthCheck, settings
 from typer.testing import CliRunner
 
 from imagebuild import (
@@ -30,6 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Real registries (docker-registry behind a recording front): registry_plain, registry_basic, ...
 pytest_plugins = ["registry_fixtures"]
+# Property-based tests (tests/test_fuzz.py): a few seconds each in CI; `--hypothesis-profile=fuzz`
+# for a long hunt. Examples share their test's fixtures (each makes its own files).
+_FUZZ = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+}
+settings.register_profile("ci", max_examples=20, derandomize=False, print_blob=True, **_FUZZ)
+settings.register_profile("fuzz", max_examples=1000, print_blob=True, **_FUZZ)
+settings.load_profile("ci")
 
 # A shell that starts pytest in the background makes it ignore SIGINT, and an ignored signal stays
 # ignored across exec: the scanners the Ctrl-C tests start would never see their Ctrl-C. A handled

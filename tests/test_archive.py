@@ -16,7 +16,7 @@ import pytest
 
 from imagebuild import Filler, HistoryEntry, ImageSpec, Layer, debian_files, write_docker_save, write_images
 from scanner import archive
-from scanner.errors import DockerError, UsageError
+from scanner.errors import DockerError, FileSystemError, UsageError
 from scanner.models import Image
 from scanner.models import Layer as ImageLayer
 from scanner.names import chain_ids
@@ -253,6 +253,8 @@ def test_read_gzipped_archive(tmp_path):
     [
         (b"this is not a tarball at all" * 100, "not a readable docker save archive"),
         (b"\x1f\x8b\x08\x00garbage", "not a readable docker save archive"),
+        # a gzip header, then a deflate block of the reserved type: zlib.error (found by test_fuzz)
+        (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\xff" * 20, "invalid block type"),
     ],
 )
 def test_corrupt_archives_are_usage_errors(tmp_path, content, message):
@@ -350,3 +352,37 @@ def test_a_layer_cut_off_mid_stream_fails_its_reader(tmp_path):
             done = blob.available(done)
     with pytest.raises(DockerError, match="engine went away"):
         files.check()
+
+
+def test_a_full_temp_dir_is_named_not_the_archive(tmp_path, tiny_fs):
+    """A .tar.gz is unpacked to the temp dir first: when that fills up, the message names the
+    temp file that could not be written, and the archive (read fine) is not blamed."""
+    plain = tmp_path / "image.tar"
+    write_docker_save(plain, [Layer(files={"big.bin": Filler(200_000)})], repo_tags=["app:1"])
+    packed = tmp_path / "image.tar.gz"
+    with open(plain, "rb") as src, gzip.open(packed, "wb") as out:
+        shutil.copyfileobj(src, out)
+    with pytest.raises(FileSystemError) as caught:
+        archive.read_archive(str(packed), str(tiny_fs))
+    assert str(caught.value) == (
+        f"cannot write {tiny_fs / 'archive.tar'}: No space left on device "
+        "(free space there, or point TMPDIR at a larger file system)"
+    )
+    assert str(packed) not in str(caught.value)
+
+
+def test_a_full_temp_dir_in_a_scan(tmp_path, tiny_fs):
+    from conftest import run_process
+
+    plain = tmp_path / "image.tar"
+    write_docker_save(plain, [Layer(files={"big.bin": Filler(200_000)})], repo_tags=["app:1"])
+    packed = tmp_path / "image.tar.gz"
+    with open(plain, "rb") as src, gzip.open(packed, "wb") as out:
+        shutil.copyfileobj(src, out)
+    args = ["scan", "--archive", str(packed), "--clair", "http://127.0.0.1:1"]
+    result = run_process(args, env={"TMPDIR": str(tiny_fs)}, cwd=tmp_path)
+    assert result.code == 3
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("clair-scan: error:")]
+    assert f"cannot write {tiny_fs}/clair-scan-" in line and "No space left on device" in line
+    assert f"cannot read {packed}" not in line
+    assert list(tiny_fs.iterdir()) == []

@@ -143,3 +143,22 @@ def test_a_layer_that_will_never_arrive_is_cut_short(tmp_path):
         with pytest.raises(http.client.IncompleteRead):
             response.read()
         connection.close()
+
+
+def test_a_client_that_hangs_up_prints_nothing(capfd):
+    """socketserver prints a traceback on stderr for a request that fails, as one does when the
+    client resets the connection before the answer is written."""
+    import struct
+
+    with LayerServer("127.0.0.1") as server:
+        for partial in (b"\r\n", b"") * 5:
+            client = socket.create_connection(("127.0.0.1", server.port))
+            client.sendall(b"GET /x/y/layer.tar HTTP/1.1\r\nHost: x\r\n" + partial)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # with SO_LINGER 0: a reset, not a goodbye
+        # The server took every earlier connection before this one (one accept loop).
+        with socket.create_connection(("127.0.0.1", server.port)) as last:
+            last.sendall(b"GET /x HTTP/1.0\r\n\r\n")
+            assert last.recv(100).startswith(b"HTTP/1.0 404")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err

@@ -213,10 +213,8 @@ class _Auth:
 
 def _register_secret(value: str) -> None:
     """Keep a secret out of everything the scan prints, whoever wrote the text."""
-    try:
-        from ..errors import register_secret  # type: ignore[attr-defined]
-    except ImportError:
-        return
+    from ..redact import register_secret
+
     register_secret(value)
 
 
