@@ -47,13 +47,16 @@ _POLL_FIRST, _POLL_MAX = 0.5, 5.0
 LayerUri = Callable[[Layer], tuple[str, dict[str, str]]]
 
 
-def detect(url: str, timeout: float = 30.0, client: ClairClient | None = None) -> Literal["v2", "v4"]:
+def detect(
+    url: str, timeout: float = 30.0, client: ClairClient | None = None, start: float | None = None
+) -> Literal["v2", "v4"]:
     """Which API the Clair at `url` speaks: v4 answers /indexer/api/v1/index_state, v2
     /v1/namespaces (each answers the other's path with 404). A given `client` (for `url`) lends
-    its connection and is left open."""
+    its connection and is left open. `timeout` counts from `start` (time.monotonic()), when the
+    wait for Clair began earlier (the head start's question)."""
     own = client is None
     client = client or ClairClient(url, retries=1)
-    deadline = Deadline(timeout)
+    deadline = Deadline(timeout, start)
     try:
         answer = client.call("GET", INDEX_STATE, deadline, ok=(200, 401, 404, 405))
         if answer.status == 401:

@@ -222,8 +222,9 @@ def run(
     with ExitStack() as stack:
         stack.callback(clair.close)
         try:
-            api = clairv4.detect(clair_url, settings.clair_timeout, clair)
+            api = clairv4.detect(clair_url, settings.clair_timeout, clair, start=waiting_since)
         except ScanError as exc:
+            log.debug("cannot tell which API Clair speaks: %s", exc)
             return [Outcome(name, error=t if isinstance(t, ScanError) else exc) for name, t in targets]
         log.info("Clair at %s speaks the %s API", redact(clair_url), api)
         analyze_one = analyze_v4 if api == "v4" else analyze
