@@ -328,6 +328,17 @@ def scan(
             show_default=False,
         ),
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Images scanned at once [default: the CPU count, at most 4].",
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
     log_file: LogOpt = None,
     db_image: DbImage = "arminc/clair-db:latest",
     clair_image: ClairImage = "arminc/clair-local-scan:latest",
@@ -382,6 +393,7 @@ def scan(
             _output_specs(outputs or [], report_path, no_report, output),
             keep,
             max_db_age,
+            jobs,
         )
 
     _guarded(work, log_file)
@@ -413,6 +425,7 @@ def _scan(
     outputs: list[formats.Output],
     keep: bool,
     max_db_age: float | None,
+    jobs: int | None = None,
 ) -> int:
     # Imports stay inside the commands: a rescan of an image Clair already holds should cost
     # little more than the interpreter's start, so nothing is loaded that the run does not use.
@@ -458,7 +471,7 @@ def _scan(
                 from .backend import database_facts
 
                 settings = dataclasses.replace(settings, data_updated=database_facts(running.dsn)[1])
-        outcomes = pipeline.run(targets, clair_url, settings, plan.write_image, progress)
+        outcomes = pipeline.run(targets, clair_url, settings, plan.write_image, progress, jobs)
     return _show(terminal, outcomes, plan)
 
 

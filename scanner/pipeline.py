@@ -5,9 +5,13 @@ or exits."""
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import shutil
 import tempfile
-from collections.abc import Callable
-from contextlib import ExitStack
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Protocol
@@ -17,9 +21,12 @@ from .clair import ClairClient, Deadline
 from .errors import ClairError, ScanError
 from .models import Analysis, Image, ImageResult, Severity
 from .sources import Pending, Remote, Target
+from .threads import start_daemon
 
 if TYPE_CHECKING:
-    from .layerserver import LayerServer
+    from .archive import Blob
+    from .layerserver import LayerServer, Stream
+    from .sources import LayerAccess
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,11 @@ class Observer(Protocol):
 
     def layers(self, name: str, sent: int, total: int) -> None: ...
 
+    def transfer(self, name: str, part: str, done: int, total: int | None) -> None:
+        """Bytes of long work: `done` of `total` (None: not known) of `part` of `name`'s transfer
+        (a layer of a pull; "" for the whole)."""
+        ...
+
 
 class Quiet:
     def status(self, name: str, text: str) -> None:
@@ -38,6 +50,9 @@ class Quiet:
 
     def layers(self, name: str, sent: int, total: int) -> None:
         log.info("%s: %d of %d layers sent", name, sent, total)
+
+    def transfer(self, name: str, part: str, done: int, total: int | None) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -69,28 +84,93 @@ Writer = Callable[[int, ImageResult], tuple[str, ...]]
 (scanner.formats.Plan.write_image); returns their paths."""
 
 
+def default_jobs() -> int:
+    """Images scanned at once unless --jobs says otherwise. An image's scan mostly waits (for the
+    engine's export, for Clair's download and indexing), so a few overlap well; more than the
+    CPUs mostly queue for them (see benchmarks/parallel_bench.py)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class _Stopped(Exception):
+    """The run is ending (Ctrl-C, SIGTERM, a bug in another worker): a worker leaves its image."""
+
+
 class _Resources:
-    """What a run may need, acquired only on first use: a rescan of an image Clair already holds
-    needs no export, no temp dir and no layer server."""
+    """What a run's workers share, acquired only on first use (a rescan of an image Clair already
+    holds needs no export, no temp dir and no layer server), and how they learn to stop."""
 
     def __init__(self, stack: ExitStack, settings: Settings) -> None:
         self._stack = stack
         self._settings = settings
         self._server: LayerServer | None = None
         self._workdir: str | None = None
+        self._lock = threading.Lock()
+        self.stop = threading.Event()
+        self.commit = threading.Lock()
+        """Held while an image's files are written; the stopping run takes it for good."""
+        self.claims = _Claims()
 
     def server(self) -> LayerServer:
-        if self._server is None:
-            from .layerserver import LayerServer
+        with self._lock:
+            if self._server is None:
+                from .layerserver import LayerServer
 
-            s = self._settings
-            self._server = self._stack.enter_context(LayerServer(s.ip, s.bind, s.port))
-        return self._server
+                s = self._settings
+                self._server = self._stack.enter_context(LayerServer(s.ip, s.bind, s.port))
+            return self._server
 
-    def workdir(self) -> str:
-        if self._workdir is None:
-            self._workdir = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="clair-scan-"))
-        return self._workdir
+    @contextmanager
+    def image_dir(self) -> Iterator[str]:
+        """A private directory for one image's export (two images may be one image ID)."""
+        with self._lock:
+            if self.stop.is_set():
+                raise _Stopped
+            if self._workdir is None:
+                self._workdir = tempfile.mkdtemp(prefix="clair-scan-")
+                self._stack.callback(_remove_tree, self._workdir)
+            path = tempfile.mkdtemp(dir=self._workdir)
+        try:
+            yield path
+        finally:
+            _remove_tree(path)
+
+    def check(self) -> None:
+        if self.stop.is_set():
+            raise _Stopped
+
+
+def _remove_tree(path: str) -> None:
+    # A worker the run left behind (Ctrl-C) may still be creating a file in it while it goes.
+    for _ in range(3):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+
+
+class _Claims:
+    """Layers some worker is sending Clair right now. An image sharing one waits for that worker
+    rather than send it too: the layer server holds one copy per layer name, and Clair would
+    download and index it twice."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._layers: dict[str, threading.Lock] = {}
+
+    @contextmanager
+    def layer(self, chain_id: str, deadline: Deadline, stop: threading.Event) -> Iterator[bool]:
+        """Hold the layer; yields whether another worker held it first (and may have sent it)."""
+        with self._lock:
+            lock = self._layers.setdefault(chain_id, threading.Lock())
+        waited = not lock.acquire(blocking=False)
+        while waited and not lock.acquire(timeout=0.2):
+            if stop.is_set():
+                raise _Stopped
+            if deadline.remaining() <= 0:
+                raise ClairError(f"another image's scan held layer {chain_id} until the deadline")
+        try:
+            yield waited
+        finally:
+            lock.release()
 
 
 def _now() -> datetime:
@@ -120,32 +200,20 @@ def analyze(
         # 2. Export the image once and send Clair only the layers it lacks, parents first, each
         #    as soon as the export has written it. The export starts first: the engine takes a
         #    while before it sends anything, and asking Clair what it holds fits in that time.
-        with target.layer_files(resources.workdir()) as files:
+        with resources.image_dir() as workdir, target.layer_files(workdir) as files:
             first = _first_missing(clair, img, deadline)
             total = len(img.layers) - first
             observer.status(img.name, f"exporting and indexing {total} of {len(img.layers)} layers")
-            for layer in img.layers[first:]:
+            for done, layer in enumerate(img.layers[first:], 1):
                 access = files.wait(layer.index, deadline.remaining())
-                parent = img.layers[layer.index - 1].chain_id if layer.index else ""
-                if isinstance(access, Remote):
-                    log.debug("submitting layer %d (%s) from %s", layer.index + 1, layer.chain_id, access.url)
-                    clair.submit(layer.chain_id, access.url, parent, deadline, dict(access.headers))
-                    sent += 1
-                    observer.layers(img.name, sent, total)
-                    continue
-                server = resources.server()
-                url = server.publish(layer.chain_id, access)
-                log.debug("submitting layer %d (%s, %d bytes)", layer.index + 1, layer.chain_id, access.size)
-                try:
-                    clair.submit(layer.chain_id, url, parent, deadline)
-                except ClairError:
-                    files.check()  # a save that broke while Clair downloaded is the real cause
-                    raise
-                finally:
-                    # Clair has its copy (or gave up): the spool may go once this image is done.
-                    server.withdraw(layer.chain_id)
-                sent += 1
-                observer.layers(img.name, sent, total)
+                resources.check()
+                with resources.claims.layer(layer.chain_id, deadline, resources.stop) as waited:
+                    # Another image's scan had it: Clair holds it now, unless that scan failed.
+                    held = waited and clair.layer(layer.chain_id, deadline, vulnerabilities=False) is not None
+                    if not held:
+                        _submit(clair, resources, img, layer.index, access, files, deadline)
+                        sent += 1
+                observer.layers(img.name, done, total)
         observer.status(img.name, "reading findings")
         top = clair.layer(img.top.chain_id, deadline)
         if top is None:
@@ -156,33 +224,126 @@ def analyze(
     )
 
 
+def _submit(
+    clair: ClairClient,
+    resources: _Resources,
+    img: Image,
+    index: int,
+    access: Blob | Stream | Remote,
+    files: LayerAccess,
+    deadline: Deadline,
+) -> None:
+    layer = img.layers[index]
+    parent = img.layers[index - 1].chain_id if index else ""
+    if isinstance(access, Remote):
+        log.debug("submitting layer %d (%s) from %s", index + 1, layer.chain_id, access.url)
+        clair.submit(layer.chain_id, access.url, parent, deadline, dict(access.headers))
+        return
+    server = resources.server()
+    url = server.publish(layer.chain_id, access)
+    log.debug("submitting layer %d (%s, %d bytes)", index + 1, layer.chain_id, access.size)
+    try:
+        clair.submit(layer.chain_id, url, parent, deadline)
+    except ClairError:
+        files.check()  # a save that broke while Clair downloaded is the real cause
+        raise
+    finally:
+        # Clair has its copy (or gave up): the spool may go once this image is done.
+        server.withdraw(layer.chain_id)
+
+
 def run(
     targets: list[Pending],
     clair_url: str,
     settings: Settings,
     write: Writer | None = None,
     observer: Observer | None = None,
+    jobs: int | None = None,
 ) -> list[Outcome]:
-    """Scan every target; a failing image does not stop the others. An image's files are written
-    as soon as its scan completed, and only then."""
+    """Scan every target, `jobs` at once (default_jobs()), one worker thread and Clair client
+    each, sharing one layer server; a failing image does not stop the others. An image's files
+    are written as soon as its scan completed, and only then. Outcomes come in the targets' order."""
     observer = observer or Quiet()
-    outcomes: list[Outcome] = []
-    clair = ClairClient(clair_url)
+    outcomes: list[Outcome | None] = [None] * len(targets)
+    todo: queue.SimpleQueue[tuple[int, str, Target]] = queue.SimpleQueue()
+    for index, (name, target) in enumerate(targets):
+        if isinstance(target, ScanError):
+            outcomes[index] = Outcome(name, error=target)
+        else:
+            todo.put((index, name, target))
+    count = todo.qsize()
+    finished: queue.SimpleQueue[tuple[int, Outcome | BaseException]] = queue.SimpleQueue()
     with ExitStack() as stack:
-        stack.callback(clair.close)
         resources = _Resources(stack, settings)
-        for index, (name, target) in enumerate(targets):
-            if isinstance(target, ScanError):
-                outcomes.append(Outcome(name, error=target))
-                continue
+
+        def work() -> None:
+            # One Clair client per worker: it holds one connection, which one request at a time uses.
+            clair = ClairClient(clair_url)
             try:
-                analysis = analyze(target, clair, resources, settings, observer)
-                result = whitelist.apply(
-                    analysis, settings.whitelist, settings.threshold, settings.ignore_unfixed
-                )
-                files = write(index, result) if write is not None else ()
-                outcomes.append(Outcome(name, result=result, files=files))
-            except ScanError as exc:
-                log.debug("%s failed: %s", name, exc)
-                outcomes.append(Outcome(name, error=exc))
-    return outcomes
+                while not resources.stop.is_set():
+                    try:
+                        index, name, target = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    try:
+                        finished.put(
+                            (index, _scan(index, name, target, clair, resources, settings, write, observer))
+                        )
+                    except _Stopped:
+                        return
+                    except BaseException as exc:  # a bug: the main thread reports it
+                        finished.put((index, exc))
+                        return
+            finally:
+                clair.close()
+
+        # The workers block SIGINT and SIGTERM: the main thread takes them while it waits here.
+        # Interrupted, it stops the workers' writing and leaves them behind, daemons blocked in
+        # Clair or the engine; the stack then closes the layer server and removes the temp dir.
+        workers = [start_daemon(work, f"scan-{n + 1}") for n in range(min(jobs or default_jobs(), count))]
+        try:
+            for _ in range(count):
+                index, outcome = _next(finished)
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                outcomes[index] = outcome
+        finally:
+            resources.stop.set()
+            resources.commit.acquire()  # an image's files are written whole or not at all
+        for worker in workers:
+            worker.join()
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _next(
+    finished: queue.SimpleQueue[tuple[int, Outcome | BaseException]],
+) -> tuple[int, Outcome | BaseException]:
+    while True:
+        try:
+            return finished.get(timeout=1.0)
+        except queue.Empty:
+            continue
+
+
+def _scan(
+    index: int,
+    name: str,
+    target: Target,
+    clair: ClairClient,
+    resources: _Resources,
+    settings: Settings,
+    write: Writer | None,
+    observer: Observer,
+) -> Outcome:
+    try:
+        analysis = analyze(target, clair, resources, settings, observer)
+        result = whitelist.apply(analysis, settings.whitelist, settings.threshold, settings.ignore_unfixed)
+        with resources.commit:
+            resources.check()
+            files = write(index, result) if write is not None else ()
+        return Outcome(name, result=result, files=files)
+    except ScanError as exc:
+        if resources.stop.is_set():
+            raise _Stopped from None  # the error may be the run's own cleanup
+        log.debug("%s failed: %s", name, exc)
+        return Outcome(name, error=exc)
