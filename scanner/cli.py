@@ -624,8 +624,10 @@ def bundle_save(
         from .sources import engine as image
         from .terminal import Terminal
 
-        backend.bundle_save(image.connect(), path, [db_image, clair_image])
-        Terminal().info(f"wrote {db_image} and {clair_image} to {path}")
+        terminal = Terminal()
+        with terminal.progress() as progress:
+            backend.bundle_save(image.connect(), path, [db_image, clair_image], progress)
+        terminal.info(f"wrote {db_image} and {clair_image} to {path}")
         return OK
 
     _guarded(work, log_file)
@@ -643,8 +645,10 @@ def bundle_load(
         from .sources import engine as image
         from .terminal import Terminal
 
-        tags = backend.bundle_load(image.connect(), path)
-        Terminal().info("loaded " + (", ".join(tags) if tags else "images without tags"))
+        terminal = Terminal()
+        with terminal.progress() as progress:
+            tags = backend.bundle_load(image.connect(), path, progress)
+        terminal.info("loaded " + (", ".join(tags) if tags else "images without tags"))
         return OK
 
     _guarded(work, log_file)
