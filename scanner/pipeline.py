@@ -148,29 +148,35 @@ def _remove_tree(path: str) -> None:
 
 
 class _Claims:
-    """Layers some worker is sending Clair right now. An image sharing one waits for that worker
-    rather than send it too: the layer server holds one copy per layer name, and Clair would
-    download and index it twice."""
+    """The layers this run sent, and a lock for each layer being sent. An image sharing a layer
+    with another waits while that one's worker sends it, then finds it sent, rather than send it
+    too: the layer server holds one copy per layer name, and Clair would index it twice."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._layers: dict[str, threading.Lock] = {}
+        self._sending: dict[str, threading.Lock] = {}
+        self._sent: set[str] = set()
 
     @contextmanager
     def layer(self, chain_id: str, deadline: Deadline, stop: threading.Event) -> Iterator[bool]:
-        """Hold the layer; yields whether another worker held it first (and may have sent it)."""
+        """Hold the layer while sending it; yields whether it still needs sending."""
         with self._lock:
-            lock = self._layers.setdefault(chain_id, threading.Lock())
-        waited = not lock.acquire(blocking=False)
-        while waited and not lock.acquire(timeout=0.2):
+            lock = self._sending.setdefault(chain_id, threading.Lock())
+        while not lock.acquire(timeout=0.2):
             if stop.is_set():
                 raise _Stopped
             if deadline.remaining() <= 0:
                 raise ClairError(f"another image's scan held layer {chain_id} until the deadline")
         try:
-            yield waited
+            with self._lock:
+                needed = chain_id not in self._sent
+            yield needed
         finally:
             lock.release()
+
+    def sent(self, chain_id: str) -> None:
+        with self._lock:
+            self._sent.add(chain_id)
 
 
 def _now() -> datetime:
@@ -207,11 +213,10 @@ def analyze(
             for done, layer in enumerate(img.layers[first:], 1):
                 access = files.wait(layer.index, deadline.remaining())
                 resources.check()
-                with resources.claims.layer(layer.chain_id, deadline, resources.stop) as waited:
-                    # Another image's scan had it: Clair holds it now, unless that scan failed.
-                    held = waited and clair.layer(layer.chain_id, deadline, vulnerabilities=False) is not None
-                    if not held:
+                with resources.claims.layer(layer.chain_id, deadline, resources.stop) as needed:
+                    if needed:  # not sent by another image's scan of this run
                         _submit(clair, resources, img, layer.index, access, files, deadline)
+                        resources.claims.sent(layer.chain_id)
                         sent += 1
                 observer.layers(img.name, done, total)
         observer.status(img.name, "reading findings")
@@ -303,7 +308,7 @@ def run(
         workers = [start_daemon(work, f"scan-{n + 1}") for n in range(min(jobs or default_jobs(), count))]
         try:
             for _ in range(count):
-                index, outcome = _next(finished)
+                index, outcome = finished.get()  # a signal interrupts the wait
                 if isinstance(outcome, BaseException):
                     raise outcome
                 outcomes[index] = outcome
@@ -313,16 +318,6 @@ def run(
         for worker in workers:
             worker.join()
     return [outcome for outcome in outcomes if outcome is not None]
-
-
-def _next(
-    finished: queue.SimpleQueue[tuple[int, Outcome | BaseException]],
-) -> tuple[int, Outcome | BaseException]:
-    while True:
-        try:
-            return finished.get(timeout=1.0)
-        except queue.Empty:
-            continue
 
 
 def _scan(

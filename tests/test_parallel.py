@@ -215,3 +215,55 @@ def test_plain_progress_shows_every_image(clair, images, tmp_path):
     # Lines from several threads are whole: each one is an image's, or the table's summary.
     names = "|".join(re.escape(tag) for tag in images)
     assert all(re.match(rf"({names}): \S", line) for line in lines), result.stderr
+
+
+def test_live_progress_on_a_terminal(clair, images, tmp_path):
+    """stderr a terminal: rich's live display, updated from every worker, then the summaries."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import threading
+
+    from conftest import ROOT
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scanner", *_scan_args(clair, *images, "--jobs", "3")],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT), "TERM": "xterm"},
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        text=True,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    out, _ = process.communicate(timeout=120)
+    reader.join(30)
+    os.close(master)
+    err = b"".join(chunks).decode("utf-8", "replace")
+    assert process.returncode == 1, err
+    assert "\x1b[" in err  # drawn, not plain lines
+    assert "Traceback" not in err
+    for tag in images[:3]:
+        assert f"{tag}: 7 unapproved" in err
+        assert tag in out  # its table's title
+    assert f"{images[3]}: 0 unapproved" in err
