@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import docker
 import docker.errors
+import requests
 
 from .clair import ClairClient, Deadline
 from .errors import BackendError, ClairError, UsageError, first_line
@@ -151,7 +152,7 @@ def _ensure_image(client: Any, ref: str, policy: str, progress: Progress) -> Non
         progress.status("backend", f"pulling {ref}")
         try:
             _pull(client, ref, progress)
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, requests.RequestException) as exc:  # the stream may break
             raise _pull_failed(ref, first_line(exc)) from None
 
 
