@@ -33,8 +33,8 @@ _STYLE = {
 
 class _PlainProgress:
     """Progress as lines for CI logs and pipes. Every step is a line; a byte transfer is one when
-    it starts, at each further tenth of its total (every PLAIN_INTERVAL seconds when the total is
-    unknown, at most that often anyway) and when it ends: never a line per chunk. Workers of a
+    it starts, at each further tenth of its total (at most one a second), after PLAIN_INTERVAL
+    seconds without a line if it moved, and when it ends: never a line per chunk. Workers of a
     parallel scan call from their threads: a lock keeps lines whole."""
 
     def __init__(self) -> None:
@@ -67,6 +67,7 @@ class _Transfer:
         self._parts: dict[str, tuple[int, int | None]] = {}
         self._shown_at: float | None = None
         self._shown_tenth = -1
+        self._shown_done = -1
         self._ended = False
 
     def update(self, part: str, done: int, total: int | None, now: float) -> str | None:
@@ -80,11 +81,11 @@ class _Transfer:
             self._shown_at is None
             or (ended and not self._ended)
             or (tenth > self._shown_tenth and now - self._shown_at >= 1.0)
-            or (now - self._shown_at >= PLAIN_INTERVAL)
+            or (now - self._shown_at >= PLAIN_INTERVAL and done_all != self._shown_done)
         )
         if not due or (self._ended and ended):
             return None
-        self._shown_at, self._shown_tenth, self._ended = now, tenth, ended
+        self._shown_at, self._shown_tenth, self._shown_done, self._ended = now, tenth, done_all, ended
         text = _size(done_all) if known is None else f"{_size(done_all)} of {_size(known)} ({tenth * 10}%)"
         if len(self._parts) > 1:
             finished = sum(1 for d, t in self._parts.values() if t is not None and d >= t)

@@ -106,6 +106,8 @@ def test_plain_transfer_lines_come_per_tenth_and_not_more_than_once_a_second():
     unknown = _Transfer()
     lines = [unknown.update("", n * 1000, None, now=n / 10) for n in range(0, 200)]  # 20 s
     assert [line for line in lines if line] == [f"{_size(n * 1000)}" for n in (0, 50, 100, 150)]
+    stalled = [unknown.update("", 199_000, None, now=20 + n) for n in range(0, 30)]
+    assert [line for line in stalled if line] == ["199.0 kB"]  # once, not every 5 s while stuck
 
 
 def test_plain_progress_keeps_lines_whole_across_threads(monkeypatch):
