@@ -176,6 +176,11 @@ def _pull(client: Any, ref: str, progress: Progress) -> None:
         if status == "Downloading" and detail.get("total"):
             sizes[layer] = int(detail["total"])
             progress.transfer(f"pulling {ref}", layer, int(detail.get("current") or 0), sizes[layer])
+        elif status == "Extracting" and detail.get("total") and layer not in sizes:
+            # A small or quick download may come with no Downloading event: its extraction
+            # counts the same compressed bytes.
+            sizes[layer] = int(detail["total"])
+            progress.transfer(f"pulling {ref}", layer, sizes[layer], sizes[layer])
         elif status in ("Download complete", "Pull complete") and layer in sizes:
             progress.transfer(f"pulling {ref}", layer, sizes[layer], sizes[layer])
 

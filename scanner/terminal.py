@@ -68,7 +68,6 @@ class _Transfer:
         self._shown_at: float | None = None
         self._shown_tenth = -1
         self._shown_done = -1
-        self._ended = False
 
     def update(self, part: str, done: int, total: int | None, now: float) -> str | None:
         self._parts[part] = (done, total)
@@ -77,15 +76,18 @@ class _Transfer:
         known = None if None in totals else sum(t or 0 for t in totals)
         ended = known is not None and done_all >= known
         tenth = -1 if not known else min(10, done_all * 10 // known)
+        # A pull's total grows as the engine starts on more layers: its share can fall back.
+        self._shown_tenth = min(self._shown_tenth, tenth)
+        moved = done_all != self._shown_done
         due = (
             self._shown_at is None
-            or (ended and not self._ended)
+            or (ended and moved)
             or (tenth > self._shown_tenth and now - self._shown_at >= 1.0)
-            or (now - self._shown_at >= PLAIN_INTERVAL and done_all != self._shown_done)
+            or (now - self._shown_at >= PLAIN_INTERVAL and moved)
         )
-        if not due or (self._ended and ended):
+        if not due:
             return None
-        self._shown_at, self._shown_tenth, self._shown_done, self._ended = now, tenth, done_all, ended
+        self._shown_at, self._shown_tenth, self._shown_done = now, tenth, done_all
         text = _size(done_all) if known is None else f"{_size(done_all)} of {_size(known)} ({tenth * 10}%)"
         if len(self._parts) > 1:
             finished = sum(1 for d, t in self._parts.values() if t is not None and d >= t)

@@ -109,6 +109,15 @@ def test_plain_transfer_lines_come_per_tenth_and_not_more_than_once_a_second():
     stalled = [unknown.update("", 199_000, None, now=20 + n) for n in range(0, 30)]
     assert [line for line in stalled if line] == ["199.0 kB"]  # once, not every 5 s while stuck
 
+    # A pull: one small layer done at once, then a bigger one the engine starts on later.
+    growing = _Transfer()
+    lines = [growing.update("a", 300, 300, now=0.0)]
+    lines += [growing.update("b", n * 100, 1000, now=0.01 * n) for n in range(0, 11)]
+    assert [line for line in lines if line] == [
+        "300 B of 300 B (100%)",
+        "1.3 kB of 1.3 kB (100%), 2 of 2 layers done",
+    ]
+
 
 def test_plain_progress_keeps_lines_whole_across_threads(monkeypatch):
     import threading
