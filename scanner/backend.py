@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import docker
 import docker.errors
+import requests
 
 from .clair import ClairClient, Deadline
 from .errors import BackendError, ClairError, UsageError, first_line
@@ -127,6 +128,9 @@ class Progress:
         """One line the user must see even where progress is hidden (a cleanup that is slow to end)."""
         log.warning("%s", text)
 
+    def transfer(self, name: str, part: str, done: int, total: int | None) -> None:
+        """Bytes of long work (a pull's layer, a bundle): `done` of `total` (None: not known)."""
+
 
 class Conflict(BackendError):
     """Another run created an object of that name first: two `up`s at the same moment."""
@@ -225,12 +229,38 @@ def _ensure_image(client: Any, ref: str, policy: str, progress: Progress) -> Non
     if policy == "always" or (policy == "missing" and not present):
         progress.status("backend", f"pulling {ref}")
         try:
-            client.images.pull(ref)
-        except docker.errors.DockerException as exc:
-            raise BackendError(
-                f"cannot pull {ref}: {first_line(exc)}",
-                hint="on an offline host, load the images with `clair-scan bundle load FILE`",
-            ) from None
+            _pull(client, ref, progress)
+        except (docker.errors.DockerException, requests.RequestException) as exc:  # the stream may break
+            raise _pull_failed(ref, first_line(exc)) from None
+
+
+def _pull_failed(ref: str, why: str) -> BackendError:
+    return BackendError(
+        f"cannot pull {ref}: {why}",
+        hint="on an offline host, load the images with `clair-scan bundle load FILE`",
+    )
+
+
+def _pull(client: Any, ref: str, progress: Progress) -> None:
+    """`docker pull`, showing each layer's download in bytes as the engine reports it (the
+    events `docker pull` draws its bars from). A layer is done once downloaded; extracting it
+    takes the engine a fraction of that time."""
+    sizes: dict[str, int] = {}
+    for event in client.api.pull(ref, stream=True, decode=True):
+        if "error" in event:  # the engine reports a failed pull in the stream, after its 200
+            raise _pull_failed(ref, str(event.get("error") or "").strip() or "the engine gave no reason")
+        layer, status = str(event.get("id") or ""), str(event.get("status") or "")
+        detail = event.get("progressDetail") or {}
+        if status == "Downloading" and detail.get("total"):
+            sizes[layer] = int(detail["total"])
+            progress.transfer(f"pulling {ref}", layer, int(detail.get("current") or 0), sizes[layer])
+        elif status == "Extracting" and detail.get("total") and layer not in sizes:
+            # A small or quick download may come with no Downloading event: its extraction
+            # counts the same compressed bytes.
+            sizes[layer] = int(detail["total"])
+            progress.transfer(f"pulling {ref}", layer, sizes[layer], sizes[layer])
+        elif status in ("Download complete", "Pull complete") and layer in sizes:
+            progress.transfer(f"pulling {ref}", layer, sizes[layer], sizes[layer])
 
 
 def _tail(container: Any, lines: int = 15) -> str:
@@ -820,10 +850,17 @@ def database_facts(dsn: str) -> DataFacts:
     return DataFacts(counts, updated, bool(lock and lock[0]))
 
 
-def bundle_save(client: Any, path: str, refs: list[str]) -> None:
+def bundle_save(client: Any, path: str, refs: list[str], progress: Progress | None = None) -> None:
     """Both backend images in one `docker save` tarball, for hosts without a registry."""
+    progress = progress or Progress()
     for ref in refs:
-        _ensure_image(client, ref, "missing", Progress())
+        _ensure_image(client, ref, "missing", progress)
+    # The engine does not say how long the tarball will be: its images' sizes come close.
+    try:
+        expected: int | None = sum(int(client.images.get(ref).attrs.get("Size") or 0) for ref in refs)
+    except docker.errors.DockerException:
+        expected = None
+    what = f"writing {path}"
     api = client.api
     url = f"{api.base_url}/v{api.api_version}/images/get"
     directory = os.path.dirname(os.path.abspath(path))
@@ -832,9 +869,13 @@ def bundle_save(client: Any, path: str, refs: list[str]) -> None:
         with api.get(url, params={"names": refs}, stream=True) as response:
             if response.status_code != 200:
                 raise BackendError(f"docker save failed: {response.text.strip()[:200]}")
+            written = 0
             with open(tmp, "wb") as out:
                 for chunk in response.iter_content(1 << 20):
                     out.write(chunk)
+                    written += len(chunk)
+                    progress.transfer(what, "", written, max(expected or 0, written) or None)
+        progress.transfer(what, "", written, written)
         os.replace(tmp, path)
     except OSError as exc:
         raise BackendError(f"cannot write {path}: {exc.strerror or exc}") from None
@@ -843,11 +884,33 @@ def bundle_save(client: Any, path: str, refs: list[str]) -> None:
             os.unlink(tmp)
 
 
-def bundle_load(client: Any, path: str) -> list[str]:
+class _Reading:
+    """A file handed to the engine, telling `progress` how much of it was read. Its __len__
+    lets requests send a Content-Length rather than chunks."""
+
+    def __init__(self, handle: Any, size: int, progress: Progress, what: str) -> None:
+        self._handle, self._size, self._progress, self._what = handle, size, progress, what
+        self._done = self._shown = 0
+
+    def __len__(self) -> int:
+        return self._size - self._done
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._handle.read(size)
+        self._done += len(data)
+        # The HTTP client reads 16 KiB at a time: tell once per MiB, and at the end.
+        if self._done - self._shown >= 1 << 20 or self._done >= self._size:
+            self._shown = self._done
+            self._progress.transfer(self._what, "", self._done, self._size)
+        return data
+
+
+def bundle_load(client: Any, path: str, progress: Progress | None = None) -> list[str]:
     """Load a bundle (any `docker save` tarball) into the engine; returns the image tags."""
     try:
         with open(path, "rb") as handle:
-            images = client.images.load(handle)
+            size = os.fstat(handle.fileno()).st_size
+            images = client.images.load(_Reading(handle, size, progress or Progress(), f"reading {path}"))
     except FileNotFoundError:
         raise UsageError(f"bundle not found: {path}") from None
     except docker.errors.DockerException as exc:

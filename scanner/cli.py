@@ -431,6 +431,17 @@ def scan(
             show_default=False,
         ),
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Images scanned at once [default: the CPU count, at most 4].",
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
     log_file: LogOpt = None,
     db_image: DbImage = "arminc/clair-db:latest",
     clair_image: ClairImage = "arminc/clair-local-scan:latest",
@@ -487,6 +498,7 @@ def scan(
             keep,
             max_db_age,
             allow_unknown_age,
+            jobs,
         )
 
     _guarded(work, log_file)
@@ -519,6 +531,7 @@ def _scan(
     keep: bool,
     max_db_age: float | None,
     allow_unknown_age: bool = False,
+    jobs: int | None = None,
 ) -> int:
     # Imports stay inside the commands: a rescan of an image Clair already holds should cost
     # little more than the interpreter's start, so nothing is loaded that the run does not use.
@@ -564,7 +577,7 @@ def _scan(
                 from .backend import database_facts
 
                 settings = dataclasses.replace(settings, data_updated=database_facts(running.dsn).updated)
-        outcomes = pipeline.run(targets, clair_url, settings, plan.write_image, progress)
+        outcomes = pipeline.run(targets, clair_url, settings, plan.write_image, progress, jobs)
     return _show(terminal, outcomes, plan)
 
 
@@ -769,8 +782,10 @@ def bundle_save(
         from .sources import engine as image
         from .terminal import Terminal
 
-        backend.bundle_save(image.connect(), path, [db_image, clair_image])
-        Terminal().info(f"wrote {db_image} and {clair_image} to {path}")
+        terminal = Terminal()
+        with terminal.progress() as progress:
+            backend.bundle_save(image.connect(), path, [db_image, clair_image], progress)
+        terminal.info(f"wrote {db_image} and {clair_image} to {path}")
         return OK
 
     _guarded(work, log_file)
@@ -788,8 +803,10 @@ def bundle_load(
         from .sources import engine as image
         from .terminal import Terminal
 
-        tags = backend.bundle_load(image.connect(), path)
-        Terminal().info("loaded " + (", ".join(tags) if tags else "images without tags"))
+        terminal = Terminal()
+        with terminal.progress() as progress:
+            tags = backend.bundle_load(image.connect(), path, progress)
+        terminal.info("loaded " + (", ".join(tags) if tags else "images without tags"))
         return OK
 
     _guarded(work, log_file)

@@ -124,6 +124,8 @@ class LayerServer:
         self.port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._published: dict[str, int] = {}
 
     def __enter__(self) -> LayerServer:
         family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
@@ -158,13 +160,24 @@ class LayerServer:
             self._server = None
 
     def withdraw(self, name: str) -> None:
-        if self._server is not None:
-            self._server.layers.pop(name, None)
+        """Undo one publish(): the layer goes when every image that published it withdrew it."""
+        with self._lock:
+            left = self._published.get(name, 0) - 1
+            if left > 0:
+                self._published[name] = left
+                return
+            self._published.pop(name, None)
+            if self._server is not None:
+                self._server.layers.pop(name, None)
 
     def publish(self, name: str, blob: Blob | Stream) -> str:
-        """Make `blob` downloadable and return the URL Clair should fetch it from."""
+        """Make `blob` downloadable and return the URL Clair should fetch it from. Images scanned
+        in parallel may publish the same layer (same name, same bytes): it stays served until
+        each has withdrawn it."""
         assert self._server is not None, "publish() on a server that is not running"
-        self._server.layers[name] = blob
+        with self._lock:
+            self._published[name] = self._published.get(name, 0) + 1
+            self._server.layers.setdefault(name, blob)
         host = f"[{self.ip}]" if ":" in self.ip else self.ip
         return f"http://{host}:{self.port}/{self._server.token}/{name}/layer.tar"
 

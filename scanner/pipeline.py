@@ -5,9 +5,13 @@ or exits."""
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import shutil
 import tempfile
-from collections.abc import Callable
-from contextlib import ExitStack
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Protocol
@@ -18,9 +22,11 @@ from .errors import ClairError, ScanError
 from .models import Analysis, Image, ImageResult, Layer, Severity
 from .names import redact
 from .sources import LayerAccess, Pending, Remote, Target
+from .threads import start_daemon
 
 if TYPE_CHECKING:
-    from .layerserver import LayerServer
+    from .archive import Blob
+    from .layerserver import LayerServer, Stream
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,11 @@ class Observer(Protocol):
 
     def layers(self, name: str, sent: int, total: int) -> None: ...
 
+    def transfer(self, name: str, part: str, done: int, total: int | None) -> None:
+        """Bytes of long work: `done` of `total` (None: not known) of `part` of `name`'s transfer
+        (a layer of a pull; "" for the whole)."""
+        ...
+
 
 class Quiet:
     def status(self, name: str, text: str) -> None:
@@ -39,6 +50,9 @@ class Quiet:
 
     def layers(self, name: str, sent: int, total: int) -> None:
         log.info("%s: %d of %d layers sent", name, sent, total)
+
+    def transfer(self, name: str, part: str, done: int, total: int | None) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -70,28 +84,99 @@ Writer = Callable[[int, ImageResult], tuple[str, ...]]
 (scanner.formats.Plan.write_image); returns their paths."""
 
 
+def default_jobs() -> int:
+    """Images scanned at once unless --jobs says otherwise. An image's scan mostly waits (for the
+    engine's export, for Clair's download and indexing), so a few overlap well; more than the
+    CPUs mostly queue for them (see benchmarks/parallel_bench.py)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class _Stopped(Exception):
+    """The run is ending (Ctrl-C, SIGTERM, a bug in another worker): a worker leaves its image."""
+
+
 class _Resources:
-    """What a run may need, acquired only on first use: a rescan of an image Clair already holds
-    needs no export, no temp dir and no layer server."""
+    """What a run's workers share, acquired only on first use (a rescan of an image Clair already
+    holds needs no export, no temp dir and no layer server), and how they learn to stop."""
 
     def __init__(self, stack: ExitStack, settings: Settings) -> None:
         self._stack = stack
         self._settings = settings
         self._server: LayerServer | None = None
         self._workdir: str | None = None
+        self._lock = threading.Lock()
+        self.stop = threading.Event()
+        self.commit = threading.Lock()
+        """Held while an image's files are written; the stopping run takes it for good."""
+        self.claims = _Claims()
 
     def server(self) -> LayerServer:
-        if self._server is None:
-            from .layerserver import LayerServer
+        with self._lock:
+            if self._server is None:
+                from .layerserver import LayerServer
 
-            s = self._settings
-            self._server = self._stack.enter_context(LayerServer(s.ip, s.bind, s.port))
-        return self._server
+                s = self._settings
+                self._server = self._stack.enter_context(LayerServer(s.ip, s.bind, s.port))
+            return self._server
 
-    def workdir(self) -> str:
-        if self._workdir is None:
-            self._workdir = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="clair-scan-"))
-        return self._workdir
+    @contextmanager
+    def image_dir(self) -> Iterator[str]:
+        """A private directory for one image's export (two images may be one image ID)."""
+        with self._lock:
+            if self.stop.is_set():
+                raise _Stopped
+            if self._workdir is None:
+                self._workdir = tempfile.mkdtemp(prefix="clair-scan-")
+                self._stack.callback(_remove_tree, self._workdir)
+            path = tempfile.mkdtemp(dir=self._workdir)
+        try:
+            yield path
+        finally:
+            _remove_tree(path)
+
+    def check(self) -> None:
+        if self.stop.is_set():
+            raise _Stopped
+
+
+def _remove_tree(path: str) -> None:
+    # A worker the run left behind (Ctrl-C) may still be creating a file in it while it goes.
+    for _ in range(3):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+
+
+class _Claims:
+    """The layers this run sent, and a lock for each layer being sent. An image sharing a layer
+    with another waits while that one's worker sends it, then finds it sent, rather than send it
+    too: the layer server holds one copy per layer name, and Clair would index it twice."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sending: dict[str, threading.Lock] = {}
+        self._sent: set[str] = set()
+
+    @contextmanager
+    def layer(self, chain_id: str, deadline: Deadline, stop: threading.Event) -> Iterator[bool]:
+        """Hold the layer while sending it; yields whether it still needs sending."""
+        with self._lock:
+            lock = self._sending.setdefault(chain_id, threading.Lock())
+        while not lock.acquire(timeout=0.2):
+            if stop.is_set():
+                raise _Stopped
+            if deadline.remaining() <= 0:
+                raise ClairError(f"another image's scan held layer {chain_id} until the deadline")
+        try:
+            with self._lock:
+                needed = chain_id not in self._sent
+            yield needed
+        finally:
+            lock.release()
+
+    def sent(self, chain_id: str) -> None:
+        with self._lock:
+            self._sent.add(chain_id)
 
 
 def _now() -> datetime:
@@ -127,32 +212,19 @@ def analyze(
         # 2. Export the image once and send Clair only the layers it lacks, parents first, each
         #    as soon as the export has written it. The export starts first: the engine takes a
         #    while before it sends anything, and asking Clair what it holds fits in that time.
-        with target.layer_files(resources.workdir()) as files:
+        with resources.image_dir() as workdir, target.layer_files(workdir) as files:
             first = _first_missing(clair, img, deadline)
             total = len(img.layers) - first
             observer.status(img.name, f"exporting and indexing {total} of {len(img.layers)} layers")
-            for layer in img.layers[first:]:
+            for done, layer in enumerate(img.layers[first:], 1):
                 access = files.wait(layer.index, deadline.remaining())
-                parent = img.layers[layer.index - 1].chain_id if layer.index else ""
-                if isinstance(access, Remote):
-                    log.debug("submitting layer %d (%s) from %s", layer.index + 1, layer.chain_id, access.url)
-                    clair.submit(layer.chain_id, access.url, parent, deadline, dict(access.headers))
-                    sent += 1
-                    observer.layers(img.name, sent, total)
-                    continue
-                server = resources.server()
-                url = server.publish(layer.chain_id, access)
-                log.debug("submitting layer %d (%s, %d bytes)", layer.index + 1, layer.chain_id, access.size)
-                try:
-                    clair.submit(layer.chain_id, url, parent, deadline)
-                except ClairError:
-                    files.check()  # a save that broke while Clair downloaded is the real cause
-                    raise
-                finally:
-                    # Clair has its copy (or gave up): the spool may go once this image is done.
-                    server.withdraw(layer.chain_id)
-                sent += 1
-                observer.layers(img.name, sent, total)
+                resources.check()
+                with resources.claims.layer(layer.chain_id, deadline, resources.stop) as needed:
+                    if needed:  # not sent by another image's scan of this run
+                        _submit(clair, resources, img, layer.index, access, files, deadline)
+                        resources.claims.sent(layer.chain_id)
+                        sent += 1
+                observer.layers(img.name, done, total)
         observer.status(img.name, "reading findings")
         top = clair.layer(img.top.chain_id, deadline)
         if top is None:
@@ -161,6 +233,34 @@ def analyze(
     return Analysis(
         img, namespace, packages, found, started, _now(), sent, findings.packages(top), settings.data_updated
     )
+
+
+def _submit(
+    clair: ClairClient,
+    resources: _Resources,
+    img: Image,
+    index: int,
+    access: Blob | Stream | Remote,
+    files: LayerAccess,
+    deadline: Deadline,
+) -> None:
+    layer = img.layers[index]
+    parent = img.layers[index - 1].chain_id if index else ""
+    if isinstance(access, Remote):
+        log.debug("submitting layer %d (%s) from %s", index + 1, layer.chain_id, access.url)
+        clair.submit(layer.chain_id, access.url, parent, deadline, dict(access.headers))
+        return
+    server = resources.server()
+    url = server.publish(layer.chain_id, access)
+    log.debug("submitting layer %d (%s, %d bytes)", index + 1, layer.chain_id, access.size)
+    try:
+        clair.submit(layer.chain_id, url, parent, deadline)
+    except ClairError:
+        files.check()  # a save that broke while Clair downloaded is the real cause
+        raise
+    finally:
+        # Clair has its copy (or gave up): the spool may go once this image is done.
+        server.withdraw(layer.chain_id)
 
 
 def analyze_v4(
@@ -183,8 +283,10 @@ def analyze_v4(
         def layer_uri(layer: Layer) -> tuple[str, dict[str, str]]:
             if not opened:
                 observer.status(img.name, f"exporting and indexing {len(img.layers)} layers")
-                opened.append(stack.enter_context(target.layer_files(resources.workdir())))
+                workdir = stack.enter_context(resources.image_dir())
+                opened.append(stack.enter_context(target.layer_files(workdir)))
             access = opened[0].wait(layer.index, deadline.remaining())
+            resources.check()
             if isinstance(access, Remote):
                 return access.url, dict(access.headers)
             server = resources.server()
@@ -209,39 +311,110 @@ def run(
     settings: Settings,
     write: Writer | None = None,
     observer: Observer | None = None,
+    jobs: int | None = None,
 ) -> list[Outcome]:
-    """Scan every target; a failing image does not stop the others. An image's files are written
-    as soon as its scan completed, and only then."""
+    """Scan every target, `jobs` at once (default_jobs()), one worker thread and Clair client
+    each, sharing one layer server; a failing image does not stop the others. An image's files
+    are written as soon as its scan completed, and only then. Outcomes come in the targets' order."""
     from . import headstart
 
     observer = observer or Quiet()
-    outcomes: list[Outcome] = []
-    clair = ClairClient(clair_url)
-    # The head start may have asked Clair about the first image already.
+    outcomes: list[Outcome | None] = [None] * len(targets)
+    todo: queue.SimpleQueue[tuple[int, str, Target]] = queue.SimpleQueue()
+    for index, (name, target) in enumerate(targets):
+        if isinstance(target, ScanError):
+            outcomes[index] = Outcome(name, error=target)
+        else:
+            todo.put((index, name, target))
+    count = todo.qsize()
+    finished: queue.SimpleQueue[tuple[int, Outcome | BaseException]] = queue.SimpleQueue()
+    # The head start may have asked Clair about the first image already: that wait counts.
     waiting_since = headstart.clair_asked_at(clair_url)
+    first = next((i for i, (_, t) in enumerate(targets) if not isinstance(t, ScanError)), -1)
     with ExitStack() as stack:
-        stack.callback(clair.close)
+        probe = ClairClient(clair_url)
         try:
-            api = clairv4.detect(clair_url, settings.clair_timeout, clair, start=waiting_since)
+            api = clairv4.detect(clair_url, settings.clair_timeout, probe, start=waiting_since)
         except ScanError as exc:
             log.debug("cannot tell which API Clair speaks: %s", exc)
             return [Outcome(name, error=t if isinstance(t, ScanError) else exc) for name, t in targets]
+        finally:
+            probe.close()
         log.info("Clair at %s speaks the %s API", redact(clair_url), api)
         analyze_one = analyze_v4 if api == "v4" else analyze
         resources = _Resources(stack, settings)
-        for index, (name, target) in enumerate(targets):
-            if isinstance(target, ScanError):
-                outcomes.append(Outcome(name, error=target))
-                continue
+
+        def work() -> None:
+            # One Clair client per worker: it holds one connection, which one request at a time uses.
+            clair = ClairClient(clair_url)
             try:
-                since, waiting_since = waiting_since, None
-                analysis = analyze_one(target, clair, resources, settings, observer, since)
-                result = whitelist.apply(
-                    analysis, settings.whitelist, settings.threshold, settings.ignore_unfixed
-                )
-                files = write(index, result) if write is not None else ()
-                outcomes.append(Outcome(name, result=result, files=files))
-            except ScanError as exc:
-                log.debug("%s failed: %s", name, exc)
-                outcomes.append(Outcome(name, error=exc))
-    return outcomes
+                while not resources.stop.is_set():
+                    try:
+                        index, name, target = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    try:
+                        since = waiting_since if index == first else None
+                        outcome = _scan(
+                            index,
+                            name,
+                            target,
+                            clair,
+                            resources,
+                            settings,
+                            write,
+                            observer,
+                            analyze_one,
+                            since,
+                        )
+                        finished.put((index, outcome))
+                    except _Stopped:
+                        return
+                    except BaseException as exc:  # a bug: the main thread reports it
+                        finished.put((index, exc))
+                        return
+            finally:
+                clair.close()
+
+        # The workers block SIGINT and SIGTERM: the main thread takes them while it waits here.
+        # Interrupted, it stops the workers' writing and leaves them behind, daemons blocked in
+        # Clair or the engine; the stack then closes the layer server and removes the temp dir.
+        workers = [start_daemon(work, f"scan-{n + 1}") for n in range(min(jobs or default_jobs(), count))]
+        try:
+            for _ in range(count):
+                index, outcome = finished.get()  # a signal interrupts the wait
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                outcomes[index] = outcome
+        finally:
+            resources.stop.set()
+            resources.commit.acquire()  # an image's files are written whole or not at all
+        for worker in workers:
+            worker.join()
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _scan(
+    index: int,
+    name: str,
+    target: Target,
+    clair: ClairClient,
+    resources: _Resources,
+    settings: Settings,
+    write: Writer | None,
+    observer: Observer,
+    analyze_one: Callable[..., Analysis] = analyze,
+    waiting_since: float | None = None,
+) -> Outcome:
+    try:
+        analysis = analyze_one(target, clair, resources, settings, observer, waiting_since)
+        result = whitelist.apply(analysis, settings.whitelist, settings.threshold, settings.ignore_unfixed)
+        with resources.commit:
+            resources.check()
+            files = write(index, result) if write is not None else ()
+        return Outcome(name, result=result, files=files)
+    except ScanError as exc:
+        if resources.stop.is_set():
+            raise _Stopped from None  # the error may be the run's own cleanup
+        log.debug("%s failed: %s", name, exc)
+        return Outcome(name, error=exc)

@@ -11,6 +11,8 @@ import errno
 import json
 import os
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,14 +36,78 @@ _STYLE = {
 
 
 class _PlainProgress:
+    """Progress as lines for CI logs and pipes. Every step is a line; a byte transfer is one when
+    it starts, at each further tenth of its total (at most one a second), after PLAIN_INTERVAL
+    seconds without a line if it moved, and when it ends: never a line per chunk. Workers of a
+    parallel scan call from their threads: a lock keeps lines whole."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._transfers: dict[str, _Transfer] = {}
+
     def status(self, name: str, text: str) -> None:
-        _message(f"{name}: {text}")
+        with self._lock:
+            _message(f"{name}: {text}")
 
     def layers(self, name: str, sent: int, total: int) -> None:
-        _message(f"{name}: layer {sent}/{total} indexed")
+        with self._lock:
+            _message(f"{name}: layer {sent}/{total} indexed")
 
     def warn(self, text: str) -> None:
-        _message(f"clair-scan: warning: {text}")
+        with self._lock:
+            _message(f"clair-scan: warning: {text}")
+
+    def transfer(self, name: str, part: str, done: int, total: int | None) -> None:
+        with self._lock:
+            transfer = self._transfers.setdefault(name, _Transfer())
+            line = transfer.update(part, done, total, time.monotonic())
+            if line is not None:
+                _message(f"{name}: {line}")
+
+
+PLAIN_INTERVAL = 5.0
+
+
+class _Transfer:
+    """The parts (layers) of one transfer, added up, and when it was last shown."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, tuple[int, int | None]] = {}
+        self._shown_at: float | None = None
+        self._shown_tenth = -1
+        self._shown_done = -1
+
+    def update(self, part: str, done: int, total: int | None, now: float) -> str | None:
+        self._parts[part] = (done, total)
+        done_all = sum(d for d, _ in self._parts.values())
+        totals = [t for _, t in self._parts.values()]
+        known = None if None in totals else sum(t or 0 for t in totals)
+        ended = known is not None and done_all >= known
+        tenth = -1 if not known else min(10, done_all * 10 // known)
+        # A pull's total grows as the engine starts on more layers: its share can fall back.
+        self._shown_tenth = min(self._shown_tenth, tenth)
+        moved = done_all != self._shown_done
+        due = (
+            self._shown_at is None
+            or (ended and moved)
+            or (tenth > self._shown_tenth and now - self._shown_at >= 1.0)
+            or (now - self._shown_at >= PLAIN_INTERVAL and moved)
+        )
+        if not due:
+            return None
+        self._shown_at, self._shown_tenth, self._shown_done = now, tenth, done_all
+        text = _size(done_all) if known is None else f"{_size(done_all)} of {_size(known)} ({tenth * 10}%)"
+        if len(self._parts) > 1:
+            finished = sum(1 for d, t in self._parts.values() if t is not None and d >= t)
+            text += f", {finished} of {len(self._parts)} layers done"
+        return text
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
 
 
 def _message(line: str) -> None:
@@ -90,14 +156,18 @@ def _markup(text: str) -> str:
 
 
 class _RichProgress:
+    """rich's Progress is thread-safe; the map from names to its tasks is guarded here."""
+
     def __init__(self, progress: Any) -> None:
         self._progress = progress
         self._tasks: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
-    def _task(self, name: str) -> Any:
-        if name not in self._tasks:
-            self._tasks[name] = self._progress.add_task(_markup(name), total=None)
-        return self._tasks[name]
+    def _task(self, name: str, **fields: Any) -> Any:
+        with self._lock:
+            if name not in self._tasks:
+                self._tasks[name] = self._progress.add_task(_markup(name), total=None, **fields)
+            return self._tasks[name]
 
     def status(self, name: str, text: str) -> None:
         self._progress.update(self._task(name), description=_markup(f"{name}: {text}"))
@@ -109,6 +179,12 @@ class _RichProgress:
         from rich.text import Text
 
         self._progress.console.print(Text(f"clair-scan: warning: {text}", style="yellow"))
+
+    def transfer(self, name: str, part: str, done: int, total: int | None) -> None:
+        """One row per part, as `docker pull` shows a row per layer, with its bytes."""
+        label = f"{name} {part}".strip()
+        task = self._task(f"\0{label}", unit="bytes")
+        self._progress.update(task, description=_markup(label), completed=done, total=total)
 
 
 class Terminal:
@@ -158,9 +234,9 @@ class Terminal:
         elif not self.animated:
             yield _PlainProgress()
         else:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
-            columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+            columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), _counts_column())
             with Progress(*columns, console=self.err, transient=True) as progress:
                 yield _RichProgress(progress)
 
@@ -313,6 +389,26 @@ class _Silent(_PlainProgress):
 
     def layers(self, name: str, sent: int, total: int) -> None:
         pass
+
+    def transfer(self, name: str, part: str, done: int, total: int | None) -> None:
+        pass
+
+
+def _counts_column() -> Any:
+    """Layers as `3/5`, bytes as `12.3/50.1 MB` (tasks made by transfer() carry unit=bytes)."""
+    from rich.progress import DownloadColumn, MofNCompleteColumn, ProgressColumn
+
+    class Counts(ProgressColumn):
+        def __init__(self) -> None:
+            super().__init__()
+            self._count = MofNCompleteColumn()
+            self._bytes = DownloadColumn()
+
+        def render(self, task: Any) -> Any:
+            column = self._bytes if task.fields.get("unit") == "bytes" else self._count
+            return column.render(task)
+
+    return Counts()
 
 
 def describe_updates(interval: float) -> str:

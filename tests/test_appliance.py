@@ -22,6 +22,7 @@ import pytest
 import standin
 from conftest import DEBIAN_EXPECTED, debian_image_layers, run_cli, run_process, start_process
 from reportcheck import validate_gitlab_report
+from scanner.terminal import _size
 
 pytestmark = [pytest.mark.docker, pytest.mark.appliance]
 LABEL = "io.clair-scan"
@@ -238,10 +239,18 @@ def test_bundle_save_and_load(images, clean_engine, tmp_path):
         )
         assert saved.code == 0, saved.stderr
         assert [p.name for p in tmp_path.iterdir()] == ["backend.tar"]  # no temp file left
+        # Progress in a CI log: the bytes written now and then (not per MiB written), then all.
+        size = _size(bundle.stat().st_size)
+        writing = [line for line in saved.stderr.splitlines() if line.startswith(f"writing {bundle}: ")]
+        assert writing[-1] == f"writing {bundle}: {size} of {size} (100%)"
+        assert 1 < len(writing) < 20, saved.stderr
         for new in tags:
             clean_engine.images.remove(new)
         loaded = run_process(["bundle", "load", str(bundle)])
         assert loaded.code == 0, loaded.stderr
+        reading = [line for line in loaded.stderr.splitlines() if line.startswith(f"reading {bundle}: ")]
+        assert reading[-1] == f"reading {bundle}: {size} of {size} (100%)"
+        assert 1 < len(reading) < 20, loaded.stderr
         assert sorted(t for t in tags if clean_engine.images.get(t)) == sorted(tags)
         missing = run_cli(["bundle", "load", str(tmp_path / "nope.tar")])
         assert missing.code == 2 and "bundle not found" in missing.stderr

@@ -37,6 +37,23 @@ def test_serves_the_byte_range_of_a_published_layer(spool):
         assert head.headers["Content-Length"] == str(256 * 40)
 
 
+def test_a_layer_published_twice_stays_until_withdrawn_twice(spool):
+    """Two images scanned in parallel may share a layer: one finishing must not take it from
+    the other."""
+    first, second = Blob(str(spool), 4, 256 * 40), Blob(str(spool), 0, 4)
+    with LayerServer("127.0.0.1") as server:
+        url = server.publish("sha256:shared", first)
+        assert server.publish("sha256:shared", second) == url
+        server.withdraw("sha256:shared")
+        response = requests.get(url, timeout=5)
+        assert response.status_code == 200 and response.content == bytes(range(256)) * 40
+        server.withdraw("sha256:shared")
+        assert requests.get(url, timeout=5).status_code == 404
+        server.withdraw("sha256:shared")  # once more is harmless
+        server.publish("sha256:shared", second)
+        assert requests.get(url, timeout=5).content == b"HEAD"
+
+
 def test_anything_else_is_404(spool):
     with LayerServer("127.0.0.1") as server:
         url = server.publish("sha256:abc", Blob(str(spool), 0, 10))

@@ -55,7 +55,7 @@ class RequestRecord:
 class Fault:
     """Test-only: how to answer requests matching method, path prefix and server."""
 
-    action: str  # "respond", "hang", "drop" or "delay"
+    action: str  # "respond", "hang", "drop", "delay" or "gather"
     method: str | None = None
     path: str = "/"
     server: str = "api"
@@ -66,6 +66,8 @@ class Fault:
     delay: float = 0.0
     respect_timeout: bool = False
     hits: int = 0
+    gather: int = 0  # "gather": how many matching requests must be held at once
+    gathered: threading.Event = field(default_factory=threading.Event)
 
     def matches(self, server: str, method: str, path: str) -> bool:
         if self.remaining is not None and self.remaining <= 0:
@@ -197,6 +199,11 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is not None and fault.action == "drop":
                 self.close_connection = True
                 return
+            if fault is not None and fault.action == "gather":
+                if not simulator._gather(fault):
+                    self.close_connection = True
+                    return
+                fault = None  # then answered as Clair answers it
             if fault is not None and fault.action == "hang" and not fault.respect_timeout:
                 simulator._stopping.wait()
                 self.close_connection = True
@@ -424,6 +431,23 @@ class ClairSimulator:
     ) -> Fault:
         """Make matching requests slower by `seconds` (counted against `api_timeout`)."""
         return self._add_fault(Fault("delay", method, path, server, count, delay=seconds))
+
+    def gather(self, count: int, *, method: str | None = None, path: str = "/", server: str = "api") -> Fault:
+        """Hold matching requests until `count` of them are held at the same time, then answer
+        them all (and every later one) as Clair does. A held request is answered only if
+        `count` clients had one in flight together: a proof of concurrency that needs no clock.
+        `fault.gathered` is set once they were."""
+        return self._add_fault(Fault("gather", method, path, server, None, gather=count))
+
+    def _gather(self, fault: Fault) -> bool:
+        """Wait for the gathering; False if the simulator stopped first."""
+        with self._lock:
+            if fault.hits >= fault.gather:
+                fault.gathered.set()
+        while not fault.gathered.wait(0.05):
+            if self._stopping.is_set():
+                return False
+        return True
 
     def close_connections(self) -> None:
         """Close every client connection now, as a proxy or load balancer in front of Clair
