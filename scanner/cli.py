@@ -16,13 +16,16 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from . import __version__
 from .errors import BackendError, ScanError, UsageError
 from .models import Severity
+
+if TYPE_CHECKING:
+    from . import pipeline
 
 OK, FOUND, USAGE, FAILURE, INTERRUPTED, TERMINATED = 0, 1, 2, 3, 130, 143
 
@@ -265,6 +268,16 @@ def scan(
         bool, typer.Option("--keep", help="Leave the started appliance running, as `up` does.")
     ] = False,
     max_db_age: MaxDbAge = None,
+    per_layer: Annotated[
+        bool,
+        typer.Option(
+            "--per-layer",
+            help="Send Clair every layer of the image (exported with `docker save`) and show the "
+            "layer that brought each finding, instead of one small layer of the files Clair reads. "
+            "Slower, and its cost grows with the image; choose it to learn which layer to fix, or "
+            "for images whose package database an upper layer deletes (see README).",
+        ),
+    ] = False,
 ) -> None:
     """Scan images for vulnerabilities; the exit code is the CI gate.
 
@@ -304,6 +317,7 @@ def scan(
             output,
             keep,
             max_db_age,
+            per_layer,
         )
 
     _guarded(work, log_file)
@@ -319,6 +333,7 @@ def _scan(
     output: OutputFormat,
     keep: bool,
     max_db_age: float | None,
+    per_layer: bool = False,
 ) -> int:
     # Imports stay inside the commands: a rescan of an image Clair already holds should cost
     # little more than the interpreter's start, so nothing is loaded that the run does not use.
@@ -335,7 +350,7 @@ def _scan(
         if head is not None:
             stack.callback(head.save.close)
         # Resolve the images first: a typo must not cost an appliance start-up.
-        targets = pipeline.docker_targets(images, head) + pipeline.archive_targets(archives, stack)
+        targets = _targets(images, archives, head, stack, per_layer)
         names = [name for name, _ in targets]
         paths = report.report_paths(report_path, names) if report_path else [None] * len(names)
         if all(isinstance(t, ScanError) for _, t in targets):
@@ -359,6 +374,16 @@ def _scan(
                 _check_age(running.dsn, max_db_age, terminal)
         outcomes = pipeline.run(targets, clair_url, settings, list(paths), progress)
     return _show(terminal, outcomes, output)
+
+
+def _targets(
+    images: list[str], archives: list[str], head: Any, stack: ExitStack, per_layer: bool
+) -> list[pipeline.Pending]:
+    from . import pipeline
+
+    if per_layer:
+        return pipeline.docker_targets(images, head) + pipeline.archive_targets(archives, stack)
+    return pipeline.distilled_docker_targets(images) + pipeline.distilled_archive_targets(archives, stack)
 
 
 def _check_age(dsn: str, max_days: float, terminal: Any) -> None:

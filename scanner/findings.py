@@ -29,7 +29,8 @@ def _cvss(metadata: Any) -> tuple[Cvss, ...]:
 
 def from_clair(layer: dict[str, Any], image: Image) -> tuple[str, int, tuple[Finding, ...]]:
     """The top layer's namespace, package count and findings, sorted most severe first."""
-    by_chain = {layer.chain_id: layer for layer in image.layers}
+    # A distilled image's one layer says nothing about where a package came from.
+    by_chain = {} if image.distilled else {layer.chain_id: layer for layer in image.layers}
     features = layer.get("Features") or []
     findings: dict[tuple[str, str, str], Finding] = {}
     for feature in features:

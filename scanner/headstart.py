@@ -42,7 +42,7 @@ VALUE_OPTIONS = frozenset(
         "--max-db-age",
     }
 )  # fmt: skip
-FLAG_OPTIONS = frozenset({"--ignore-unfixed", "--no-report", "--keep"})
+FLAG_OPTIONS = frozenset({"--ignore-unfixed", "--no-report", "--keep", "--per-layer"})
 
 # Both answers come from local daemons in milliseconds; one that takes longer is left to the
 # normal path, which has proper timeouts and messages.
@@ -85,7 +85,8 @@ def scan_request(argv: list[str], environ: dict[str, str]) -> tuple[str, str] | 
                 return None
             if name == "--clair":
                 clair = value
-    if not images or not clair:
+    # A distilled scan (the default) exports nothing: only `--per-layer` gets a head start.
+    if not images or not clair or "--per-layer" not in argv:
         return None
     return images[0], clair
 

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from . import dockerapi
@@ -88,6 +88,36 @@ class Engine:
         except requests.RequestException as exc:
             raise _unreachable(self._environ, exc) from None
         return response.status_code, response.content
+
+    def request(
+        self, method: str, path: str, body: Any = None, sink: IO[bytes] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Any API call, `body` sent as JSON: (status, headers by lower-cased name, body). A 200's
+        body goes into `sink` if one is given."""
+        payload = None if body is None else json.dumps(body).encode()
+        if self.address is not None:
+            try:
+                deadline = time.monotonic() + TIMEOUT
+                return dockerapi.request(self.address, method, path, deadline, payload, sink)
+            except OSError as exc:
+                raise _unreachable(self._environ, exc) from None
+        import requests
+
+        api = self.client().api
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        url = f"{api.base_url}/v{api.api_version}{path}"
+        try:
+            response = api.request(
+                method, url, data=payload, headers=headers, timeout=TIMEOUT, stream=sink is not None
+            )
+            found = {name.lower(): value for name, value in response.headers.items()}
+            if sink is not None and response.status_code == 200:
+                for chunk in response.iter_content(1 << 20):
+                    sink.write(chunk)
+                return response.status_code, found, b""
+        except requests.RequestException as exc:
+            raise _unreachable(self._environ, exc) from None
+        return response.status_code, found, response.content
 
     def send_save(self, image: Image) -> SaveRequest | None:
         """The save asked for on a connection of its own (dockerapi.send_save), so that it can be

@@ -120,7 +120,10 @@ class Terminal:
         from rich.text import Text
 
         table = Table(title=Text(f"{result.image.name} ({result.analysis.namespace or 'unknown OS'})"))
-        for column in ("Severity", "Vulnerability", "Package", "Installed", "Fixed in", "Layer"):
+        columns = ["Severity", "Vulnerability", "Package", "Installed", "Fixed in"]
+        if not result.image.distilled:
+            columns.append("Layer")  # a distilled scan does not know it
+        for column in columns:
             table.add_column(column, overflow="fold")
         previous = None
         for finding in shown:
@@ -132,14 +135,14 @@ class Terminal:
                 layer = f"{finding.layer.index + 1}"
                 if finding.layer.created_by:
                     layer += " " + _shorten(finding.layer.created_by, 40)
-            table.add_row(
+            cells = [
                 Text(finding.severity.label, style=_STYLE[finding.severity]),
                 Text(finding.vulnerability),
                 Text(finding.package),
                 Text(finding.installed),
                 Text(finding.fixed or "-"),
-                Text(layer),
-            )
+            ]
+            table.add_row(*cells, *([] if result.image.distilled else [Text(layer)]))
         self.out.print(table)
 
     def summary(self, result: ImageResult, report: str | None) -> None:
@@ -157,7 +160,10 @@ class Terminal:
             parts.append(f"{len(result.below_threshold)} below threshold")
         analysis = result.analysis
         parts.append(f"{analysis.packages} packages")
-        parts.append(f"{analysis.layers_sent} of {len(result.image.layers)} layers sent to Clair")
+        if result.image.distilled:
+            parts.append(f"distilled layer {'sent to' if analysis.layers_sent else 'already in'} Clair")
+        else:
+            parts.append(f"{analysis.layers_sent} of {len(result.image.layers)} layers sent to Clair")
         if report:
             parts.append(f"report {report}")
         self._line(f"{result.image.name}: " + "; ".join(parts), "bold red" if unapproved else "green")
