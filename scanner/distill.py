@@ -171,11 +171,13 @@ class _Container:
 
     def create(self) -> None:
         # The request runs in a thread of its own: if Ctrl-C arrives while the engine creates
-        # the container, removal waits for the answer, then removes what was made.
+        # the container, removal waits for the answer, then removes what was made (a removal
+        # racing the creation can leave a container the engine lists but cannot remove).
         from .threads import start_daemon
 
         self._create_thread = start_daemon(self._create, "distill-create")
-        self._create_thread.join()
+        # An Event, not join(): a join() interrupted by Ctrl-C can take the thread for ended.
+        self._created.wait()
         if self._error is not None:
             raise self._error
 
@@ -203,13 +205,13 @@ class _Container:
     def remove(self) -> None:
         if self._create_thread is None:
             return
-        self._create_thread.join(timeout=60.0)
+        self._created.wait(timeout=60.0)
         with contextlib.suppress(ScanError):
             status, _, answer = self.engine.request("DELETE", f"/containers/{self.name}?force=1&v=1")
             if status not in (204, 404):
                 log.debug("cannot remove container %s: %s %s", self.name, status, answer[:200])
             else:
-                log.debug("removed container %s", self.name)
+                log.debug("removed container %s (%s)", self.name, status)
 
     def check_exists(self) -> None:
         """A HEAD's 404 does not say whether the path or the container is missing: a container

@@ -116,7 +116,8 @@ def _posted(clair) -> list[dict]:
 
 
 def _distill_containers(docker_client) -> list:
-    return docker_client.containers.list(all=True, filters={"label": distill.DISTILL_LABEL})
+    # sparse: no inspection of each, which fails for a container removed in between
+    return docker_client.containers.list(all=True, sparse=True, filters={"label": distill.DISTILL_LABEL})
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -334,7 +335,15 @@ def test_an_image_the_engine_cannot_make_a_container_of_is_distilled_from_its_ex
     assert _distill_containers(docker_client) == []
 
 
-def test_ctrl_c_during_the_copy_removes_the_container(clair, load_image, tmp_path, docker_client):
+@pytest.mark.parametrize(
+    ("signum", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+@pytest.mark.parametrize("moment", ["creating", "copying"])
+def test_an_interrupt_removes_the_container(
+    clair, load_image, tmp_path, docker_client, moment, signum, code, word
+):
+    """Interrupted while the engine creates the container (it is listed before the scan hears
+    back) or while the files are copied: either way the container goes."""
     # A big package database makes the copy last long enough to be interrupted in it.
     layers = [
         debian_files("10", "buster", DEBIAN_BASE),
@@ -345,15 +354,23 @@ def test_ctrl_c_during_the_copy_removes_the_container(clair, load_image, tmp_pat
     tmp.mkdir()
     work = tmp_path / "work"
     work.mkdir()
-    process = start_process(_args(clair, image.tag), work, tmp)
+    log = tmp_path / "scan.log"
+    process = start_process([*_args(clair, image.tag), "--log", str(log)], work, tmp)
     deadline = time.monotonic() + 60
-    while not _distill_containers(docker_client) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _distill_containers(docker_client), "the scan never created its container"
-    process.send_signal(signal.SIGINT)
+
+    def reached() -> bool:
+        if moment == "creating":
+            return bool(_distill_containers(docker_client))
+        return log.exists() and "created from" in log.read_text()
+
+    while not reached() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert reached(), f"the scan never got to {moment}"
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert process.returncode == code, err
+    assert word in err and "Traceback" not in err
+    assert "var/lib/rpm/Packages: copied" not in log.read_text()  # cut short
     assert _distill_containers(docker_client) == []
     assert list(tmp.iterdir()) == []
     assert list(work.iterdir()) == []
@@ -380,3 +397,38 @@ def test_an_unreadable_archive_is_a_usage_error(clair, tmp_path):
 def test_layer_name_fits_clair_and_follows_the_rules_version():
     name = distill.layer_name("sha256:" + "ab" * 32)
     assert len(name) <= 128 and distill.RULES_VERSION in name and name.endswith("ab" * 32)
+
+
+def test_the_docker_sdk_route_distills_the_same_files(load_image, tmp_path):
+    """Engines behind TLS or ssh are asked through the docker SDK: the same requests, the same
+    layer. Here the SDK is made to reach the local engine."""
+    from scanner import image as image_stage
+
+    loaded = load_image(debian_image_layers())
+    contents = []
+    for route in ("stdlib", "sdk"):
+        engine = image_stage.Engine()
+        if route == "sdk":
+            engine.address = None  # as for a TLS or ssh DOCKER_HOST
+        img = image_stage.inspect(engine, loaded.tag)
+        workdir = tmp_path / route
+        workdir.mkdir()
+        with (
+            distill.from_engine(engine, img, str(workdir)) as files,
+            tarfile.open(files.wait(0, 10).path) as tar,
+        ):
+            contents.append({m.name: tar.extractfile(m).read() for m in tar})
+        assert list(workdir.iterdir()) == []
+    assert contents[0] == contents[1]
+    assert sorted(contents[0]) == ["etc/os-release", "usr/lib/os-release", "var/lib/dpkg/status"]
+
+
+def test_a_distilled_scan_loads_neither_the_docker_sdk_nor_requests(clair, load_image, tmp_path):
+    image = load_image(debian_image_layers())
+    for scan in ("cold", "rescan"):
+        done = run_process(_args(clair, image.tag), env={"PYTHONPROFILEIMPORTTIME": "1"}, cwd=tmp_path)
+        assert done.code == 1, done.stderr
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+        assert "scanner.distill" in imported, scan
+        assert not {"docker", "requests", "urllib3"} & imported, scan
+    assert len(_posted(clair)) == 1
