@@ -19,16 +19,11 @@ Symlinks are resolved because Clair stores a symlink entry as an empty file (§6
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
 import os
 import posixpath
-import secrets
-import shutil
-import tarfile
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -36,12 +31,14 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .archive import Blob, LayerFiles, history_from_config
 from .errors import DockerError, FileSystemError, ScanError, UsageError
 from .models import Image, Layer
 from .names import chain_ids
 
+# tarfile, tempfile and the archive stage are imported where they are used: a rescan names the
+# distilled layer and asks Clair for it, and loading them would cost it ~10 ms.
 if TYPE_CHECKING:
+    from .archive import Blob, LayerFiles
     from .image import Engine
 
 log = logging.getLogger(__name__)
@@ -114,6 +111,10 @@ def _clean(path: str) -> str:
 
 def write_layer(files: dict[str, IO[bytes]], dest: str) -> Blob:
     """The distilled layer tar: each path a regular file (mode 0644, mtime 0)."""
+    import tarfile
+
+    from .archive import Blob
+
     try:
         with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
             for path in PATHS:
@@ -133,10 +134,14 @@ def write_layer(files: dict[str, IO[bytes]], dest: str) -> Blob:
 
 def _spool(stack: ExitStack, workdir: str) -> IO[bytes]:
     """A kept file's copy: in memory while small, in `workdir` once bigger (an rpm database)."""
+    import tempfile
+
     return stack.enter_context(tempfile.SpooledTemporaryFile(CHUNK, dir=workdir))
 
 
 def _one_layer(blob: Blob) -> LayerFiles:
+    from .archive import LayerFiles
+
     files = LayerFiles(1)
     files.put(0, blob)
     files.finish()
@@ -148,6 +153,8 @@ def _one_layer(blob: Blob) -> LayerFiles:
 
 
 def _path_stat(headers: dict[str, str]) -> dict[str, Any]:
+    import base64
+
     raw = headers.get("x-docker-container-path-stat", "")
     try:
         found = json.loads(base64.b64decode(raw))
@@ -161,6 +168,8 @@ class _Container:
     exists: removal is registered first, so an interrupt at any point still removes it."""
 
     def __init__(self, engine: Engine, image: Image, run: str) -> None:
+        import secrets
+
         self.engine = engine
         self.image = image
         self.name = f"clair-scan-distill-{run}-{secrets.token_hex(4)}"
@@ -235,6 +244,10 @@ class _Container:
 
     def fetch(self, path: str, out: IO[bytes], workdir: str) -> bool:
         """Copy the regular file at `path` into `out`; False if it is not one."""
+        import shutil
+        import tarfile
+        import tempfile
+
         with tempfile.TemporaryFile(dir=workdir) as raw:
             status, _, _ = self.engine.request("GET", self.archive_path(path), sink=raw)
             if status == 404:
@@ -286,6 +299,8 @@ def from_engine(engine: Engine, image: Image, workdir: str, run: str | None = No
     """The distilled layer of an engine image, written into `workdir`. The container exists only
     while its files are copied. If the engine cannot create one, the image is exported with
     `docker save` and its layers are distilled as they stream (the same layer, the same name)."""
+    import secrets
+
     dest = os.path.join(workdir, layer_name(image.id) + ".tar")
     run = run or secrets.token_hex(6)
     try:
@@ -315,6 +330,8 @@ def from_engine(engine: Engine, image: Image, workdir: str, run: str | None = No
 
 def files_of(tar_path: str) -> list[str]:
     """The member names of a distilled layer (for logs and tests)."""
+    import tarfile
+
     with tarfile.open(tar_path) as tar:
         return tar.getnames()
 
@@ -370,6 +387,9 @@ def _wanted(path: str) -> bool:
 
 def distill_layer(stream: IO[bytes], workdir: str, stack: ExitStack) -> _Changes:
     """Read one layer tar (gzipped or not) to its end, keeping what the distilled layer may need."""
+    import shutil
+    import tarfile
+
     changes = _Changes()
     with tarfile.open(fileobj=stream, mode="r|*", bufsize=CHUNK) as tar:
         for member in tar:
@@ -491,6 +511,8 @@ def _is_layer(head: bytes) -> bool:
 def read_archive(path: str, workdir: str, stack: ExitStack) -> list[DistilledArchiveImage]:
     """Every image of an archive, each as its distilled layer written into `workdir`; the archive
     is read once, front to back."""
+    import tarfile
+
     try:
         return _read_archive(path, workdir, stack)
     except FileNotFoundError:
@@ -504,6 +526,10 @@ def read_archive(path: str, workdir: str, stack: ExitStack) -> list[DistilledArc
 
 
 def _read_archive(path: str, workdir: str, stack: ExitStack) -> list[DistilledArchiveImage]:
+    import tarfile
+
+    from .archive import history_from_config
+
     documents: dict[str, Any] = {}
     layers: dict[str, _Changes] = {}
     links: dict[str, str] = {}
