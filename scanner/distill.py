@@ -385,13 +385,20 @@ def _wanted(path: str) -> bool:
     return path in _ANCESTORS or posixpath.basename(path) in _BASENAMES
 
 
-def distill_layer(stream: IO[bytes], workdir: str, stack: ExitStack) -> _Changes:
-    """Read one layer tar (gzipped or not) to its end, keeping what the distilled layer may need."""
+def distill_layer(stream: IO[bytes], workdir: str, stack: ExitStack, seekable: bool = False) -> _Changes:
+    """Read one layer tar (gzipped or not) to its end, keeping what the distilled layer may need.
+    A `seekable` plain tar is walked header to header: the contents of other files are skipped
+    unread."""
     import shutil
     import tarfile
 
     changes = _Changes()
-    with tarfile.open(fileobj=stream, mode="r|*", bufsize=CHUNK) as tar:
+    opened = (
+        tarfile.open(fileobj=stream, mode="r:")  # noqa: SIM115 - entered just below
+        if seekable
+        else tarfile.open(fileobj=stream, mode="r|*", bufsize=CHUNK)  # noqa: SIM115
+    )
+    with opened as tar:
         for member in tar:
             path = _clean(member.name)
             base = posixpath.basename(path)
@@ -503,6 +510,32 @@ class _Prefixed:
         return self._rest.read(size)
 
 
+class _Window:
+    """A member of a plain archive on disk as a file of its own, seekable (read with pread, so
+    the archive's own reader keeps its place)."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self._fd = fd
+        self._offset = offset
+        self._size = size
+        self._pos = 0
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._size - self._pos
+        size = left if size < 0 else min(size, left)
+        data = os.pread(self._fd, size, self._offset + self._pos) if size > 0 else b""
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
 def _is_layer(head: bytes) -> bool:
     empty_tar = len(head) >= 1024 and not head.strip(b"\0")
     return head[:2] == b"\x1f\x8b" or head[257:262] == b"ustar" or empty_tar
@@ -533,22 +566,33 @@ def _read_archive(path: str, workdir: str, stack: ExitStack) -> list[DistilledAr
     documents: dict[str, Any] = {}
     layers: dict[str, _Changes] = {}
     links: dict[str, str] = {}
-    with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*", bufsize=CHUNK) as tar:
-        for member in tar:
-            name = _clean(member.name)
-            if member.issym() or member.islnk():
-                base = posixpath.dirname(name) if member.issym() else ""
-                links[name] = _clean(posixpath.join(base, member.linkname))
-                continue
-            if not member.isfile():
-                continue
-            handle = tar.extractfile(member)
-            assert handle is not None
-            head = handle.read(1024)
-            if _is_layer(head):
-                layers[name] = distill_layer(_Prefixed(head, handle), workdir, stack)  # type: ignore[arg-type]
-            elif head.lstrip()[:1] in (b"{", b"[") and member.size <= 16 << 20:
-                documents[name] = json.loads(head + handle.read())
+    with open(path, "rb") as raw:
+        # A plain archive on disk is walked by seeking; a gzipped one can only be streamed.
+        gzipped = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        with tarfile.open(fileobj=raw, mode="r|*" if gzipped else "r:", bufsize=CHUNK) as tar:
+            for member in tar:
+                name = _clean(member.name)
+                if member.issym() or member.islnk():
+                    base = posixpath.dirname(name) if member.issym() else ""
+                    links[name] = _clean(posixpath.join(base, member.linkname))
+                    continue
+                if not member.isfile():
+                    continue
+                handle: Any = (
+                    tar.extractfile(member)
+                    if gzipped
+                    else _Window(raw.fileno(), member.offset_data, member.size)
+                )
+                head = handle.read(1024)
+                if _is_layer(head):
+                    if gzipped:
+                        layers[name] = distill_layer(_Prefixed(head, handle), workdir, stack)  # type: ignore[arg-type]
+                    else:
+                        handle.seek(0)
+                        layers[name] = distill_layer(handle, workdir, stack, seekable=head[:2] != b"\x1f\x8b")
+                elif head.lstrip()[:1] in (b"{", b"[") and member.size <= 16 << 20:
+                    documents[name] = json.loads(head + handle.read())
     found = []
     for config_name, layer_names, tags in _entries(documents, links):
         config = documents[_follow(config_name, links)]

@@ -432,3 +432,43 @@ def test_a_distilled_scan_loads_neither_the_docker_sdk_nor_requests(clair, load_
         assert "scanner.distill" in imported, scan
         assert not {"docker", "requests", "urllib3"} & imported, scan
     assert len(_posted(clair)) == 1
+
+
+def test_the_table_and_reports_show_no_layer_when_distilled(clair, load_image, tmp_path):
+    from reportcheck import validate_gitlab_report
+
+    image = load_image(
+        debian_image_layers(), history=["ADD rootfs.tar /", "RUN apt-get install -y libidn2-0", "RUN x"]
+    )
+    args = ["scan", image.tag, "--clair", clair.url, "--ip", "127.0.0.1"]
+    distilled = run_cli(args, env={"COLUMNS": "200"}, cwd=tmp_path)
+    assert distilled.code == 1, distilled.stderr
+    assert "CVE-2019-18224" in distilled.stdout
+    assert "Layer" not in distilled.stdout and "apt-get install" not in distilled.stdout
+    assert "distilled layer sent to Clair" in distilled.stderr
+    report = json.loads((tmp_path / "gl-container-scanning-report.json").read_text())
+    validate_gitlab_report(report)
+    assert len(report["vulnerabilities"]) == len(DEBIAN_EXPECTED)
+    per_layer = run_cli([*args, "--per-layer"], env={"COLUMNS": "200"}, cwd=tmp_path)
+    assert "Layer" in per_layer.stdout and "RUN apt-get install -y libidn2-0" in per_layer.stdout
+
+
+def test_a_plain_archive_is_walked_without_reading_the_layers_contents(tmp_path):
+    """Only tar headers and the kept files are read from a plain archive on disk; the 64 MiB
+    file in the upper layer is skipped by seeking. rchar counts every byte read(2) returned."""
+    tarball = tmp_path / "image.tar"
+    layers = [debian_files("10", "buster", DEBIAN_BASE), Layer(files={"opt/blob": Filler(64 << 20)})]
+    write_docker_save(tarball, layers, repo_tags=["big/app:1"], layout="oci")
+
+    def read_so_far() -> int:
+        io_stats = Path("/proc/self/io").read_text().split()
+        return int(io_stats[io_stats.index("rchar:") + 1])
+
+    before = read_so_far()
+    with ExitStack() as stack:
+        (found,) = distill.read_archive(str(tarball), str(tmp_path), stack)
+        names = distill.files_of(found.files.wait(0, 0).path)
+    assert read_so_far() - before < 4 << 20
+    assert tarball.stat().st_size > 64 << 20
+    assert names == ["etc/os-release", "usr/lib/os-release", "var/lib/dpkg/status"]
+    assert found.image.name == "big/app:1" and found.image.distilled
