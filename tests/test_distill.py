@@ -13,6 +13,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 from conftest import DEBIAN_EXPECTED, debian_image_layers, run_cli, run_process, start_process
@@ -472,3 +473,27 @@ def test_a_plain_archive_is_walked_without_reading_the_layers_contents(tmp_path)
     assert tarball.stat().st_size > 64 << 20
     assert names == ["etc/os-release", "usr/lib/os-release", "var/lib/dpkg/status"]
     assert found.image.name == "big/app:1" and found.image.distilled
+
+
+def test_a_container_removed_from_outside_during_the_copy_fails_the_scan(
+    clair, load_image, tmp_path, docker_client
+):
+    """Another tool removing the container mid-copy makes the absent files look absent; the scan
+    must fail rather than report an image without packages."""
+    image = load_image(
+        [debian_files("10", "buster", DEBIAN_BASE), Layer(files={"var/lib/rpm/Packages": Filler(150 << 20)})]
+    )
+    log = tmp_path / "scan.log"
+    process = start_process([*_args(clair, image.tag), "--log", str(log)], tmp_path, tmp_path)
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "created from" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    for container in _distill_containers(docker_client):
+        with contextlib.suppress(docker.errors.APIError):
+            docker_client.api.remove_container(container.id, force=True)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 3, err
+    assert "Traceback" not in err
+    assert "went away" in err or "is broken" in err or "cannot copy" in err
+    assert _posted(clair) == []
+    assert _distill_containers(docker_client) == []
