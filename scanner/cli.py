@@ -281,6 +281,9 @@ def scan(
 ) -> None:
     """Scan images for vulnerabilities; the exit code is the CI gate.
 
+    By default Clair is given one small layer made of the files it reads (the OS-release files
+    and the package databases), whatever the image's size; --per-layer sends every layer.
+
     Without --clair, the Clair appliance (clair-db and clair-local-scan) is started for the scan
     and removed afterwards, or the one `clair-scan up` left running is used.
     """
