@@ -247,7 +247,7 @@ class _Container:
         import tempfile
 
         with tempfile.TemporaryFile(dir=workdir) as raw:
-            status, _, _ = self.engine.request("GET", self.archive_path(path), sink=raw)
+            status, _, _ = self.engine.request("GET", self.archive_path(path), sink=_DiskSink(raw, workdir))
             if status == 404:
                 return False
             if status != 200:
@@ -271,6 +271,21 @@ class _Container:
 
 class _CannotCreate(DockerError):
     pass
+
+
+class _DiskSink:
+    """Where a copied file lands: a full disk is the file system's failure, not the engine's
+    (the engine's route takes any OSError for a lost connection)."""
+
+    def __init__(self, out: IO[bytes], workdir: str) -> None:
+        self._out = out
+        self._workdir = workdir
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._out.write(data)
+        except OSError as exc:
+            raise FileSystemError(f"cannot write to {self._workdir}: {exc.strerror or exc}") from None
 
 
 def _block_signals() -> None:
@@ -339,7 +354,10 @@ def from_engine(engine: Engine, image: Image, workdir: str, run: str | None = No
                 blob = _from_export(engine, image, workdir, dest)
             else:
                 log.debug("container %s created from %s", container.name, image.name)
-                files = _fetch_all(container, workdir, stack)
+                try:
+                    files = _fetch_all(container, workdir, stack)
+                except OSError as exc:  # the engine's errors are DockerErrors by now: this is the disk
+                    raise FileSystemError(f"cannot write to {workdir}: {exc.strerror or exc}") from None
                 blob = write_layer(files, dest)
         log.debug("distilled layer of %s: %d bytes", image.name, blob.size)
         yield _one_layer(blob)

@@ -23,9 +23,15 @@ from .errors import DockerError
 # The head start imports this module before its request: the same trick as there.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import IO
+    from typing import Protocol
 
     from .archive import SocketBody
+
+    class Sink(Protocol):
+        """Where a response body is written (a file, or a wrapper of one)."""
+
+        def write(self, data: bytes, /) -> int: ...
+
 
 Address = str | tuple[str, int]
 """A unix socket's path, or a TCP (host, port) (see names.plain_docker_endpoint)."""
@@ -83,7 +89,7 @@ def request(
     path: str,
     deadline: float,
     body: bytes | None = None,
-    sink: IO[bytes] | None = None,
+    sink: Sink | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection, read to its end: (status, headers, body). Header names
     are lower-cased; a body is sent as JSON. A 200's body goes into `sink` if one is given."""

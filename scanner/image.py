@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from . import dockerapi
@@ -21,7 +21,7 @@ from .threads import start_daemon
 
 if TYPE_CHECKING:
     from .archive import LayerFiles, SocketBody
-    from .dockerapi import SaveRequest
+    from .dockerapi import SaveRequest, Sink
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Engine:
         return response.status_code, response.content
 
     def request(
-        self, method: str, path: str, body: Any = None, sink: IO[bytes] | None = None
+        self, method: str, path: str, body: Any = None, sink: Sink | None = None
     ) -> tuple[int, dict[str, str], bytes]:
         """Any API call, `body` sent as JSON: (status, headers by lower-cased name, body). A 200's
         body goes into `sink` if one is given."""

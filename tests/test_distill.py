@@ -497,3 +497,28 @@ def test_a_container_removed_from_outside_during_the_copy_fails_the_scan(
     assert "went away" in err or "is broken" in err or "cannot copy" in err
     assert _posted(clair) == []
     assert _distill_containers(docker_client) == []
+
+
+def test_full_disk_while_copying_is_a_file_system_error(clair, load_image, tmp_path, tiny_fs, docker_client):
+    image = load_image(
+        [debian_files("10", "buster", DEBIAN_BASE), Layer(files={"var/lib/rpm/Packages": RPM_DB * 64})]
+    )
+    result = run_process(_args(clair, image.tag), env={"TMPDIR": str(tiny_fs)}, cwd=tmp_path)
+    assert result.code == 3, result.stderr
+    assert "No space left on device" in result.stderr and "Traceback" not in result.stderr
+    assert "Docker engine" not in result.stderr  # the disk failed, not the engine
+    assert list(Path(tiny_fs).iterdir()) == []
+    assert _distill_containers(docker_client) == []
+
+
+def test_a_gzipped_archive_is_distilled_as_it_streams(clair, tmp_path):
+    import gzip
+    import shutil
+
+    tarball = tmp_path / "image.tar"
+    write_docker_save(tarball, debian_image_layers(), repo_tags=["gz/app:1"], layout="classic")
+    with open(tarball, "rb") as src, gzip.open(tmp_path / "image.tar.gz", "wb", compresslevel=1) as out:
+        shutil.copyfileobj(src, out)
+    distilled, per_layer = _both_modes(clair, "--archive", str(tmp_path / "image.tar.gz"), tmp_path=tmp_path)
+    assert _outcome(distilled) == _outcome(per_layer)
+    assert _outcome(distilled)[2] == {row[:5] for row in DEBIAN_EXPECTED}
