@@ -394,7 +394,9 @@ class _BlobReader:
         self._handle = open(blob.path, "rb")  # noqa: SIM115 - closed when read to the end
 
     def read(self, size: int = -1) -> bytes:
-        if self._pos >= self._blob.size or size == 0:
+        if size == 0:
+            return b""
+        if self._pos >= self._blob.size:
             self._handle.close()
             return b""
         ready = self._blob.available(self._pos)
