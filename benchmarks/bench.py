@@ -4,12 +4,13 @@
     .venv/bin/python benchmarks/bench.py --quick         # small images, 2 runs: a smoke run
     .venv/bin/python benchmarks/bench.py --clair http://127.0.0.1:6060 [--ip ADDR]   # a real Clair
 
-It builds four images with tests/imagebuild.py and loads them into the local Docker engine:
+It builds five images with tests/imagebuild.py and loads them into the local Docker engine:
 
     one-layer   a Debian 10 base with a ~100 MB file, in one layer
     five-layer  a Debian 10 base and four ~20 MB layers
     gig-layer   a Debian 10 base and one 1 GB layer
     sibling     five-layer's first four layers and a different fifth one
+    3gig-layer  a Debian 10 base and one 3 GB layer (distilled scans and docker save only)
 
 For each image and each of N runs it measures:
 
@@ -18,7 +19,11 @@ For each image and each of N runs it measures:
 - a cold scan (`clair-scan scan IMAGE --clair URL ...`, installed with pip into a venv of its own,
   as a real process, after Clair was made to forget the image), its wall time and peak RSS;
 - a rescan of the unchanged image: wall time, peak RSS, nothing sent and no `docker save`;
-- for the sibling, a scan right after five-layer's, when Clair lacks only the sibling's top layer.
+- for the sibling, a scan right after five-layer's, when Clair lacks only the sibling's top layer;
+- the same cold scan and rescan in the default, distilled mode (one small layer of the files
+  Clair reads, from a container never started), in the same rounds as the per-layer ones;
+- gig-layer's `docker save` as a file: one sequential read of it, Clair indexing its distilled
+  layer, and a distilled `clair-scan scan --archive` of it.
 
 Each measurement starts once the disk is quiet (see settle()). It prints one table of medians
 (Markdown, to paste into the README) and which targets are met.
@@ -71,6 +76,8 @@ from imagebuild import (  # noqa: E402
 from scanner.archive import Blob, read_archive  # noqa: E402
 from scanner.layerserver import LayerServer  # noqa: E402
 from scanner.names import chain_ids  # noqa: E402
+from scanner.sources.distill import layer_name  # noqa: E402
+from scanner.sources.distill import read_archive as distill_archive  # noqa: E402
 
 MB = 1_000_000  # sizes and RSS are reported in MB of 10^6 bytes, as the targets are stated
 MIB = 1 << 20
@@ -80,6 +87,12 @@ CHUNK = 1 << 20
 COLD_FACTOR = 1.1  # cold scan <= 1.1 x (docker save + Clair indexing)
 RESCAN_SECONDS = 0.25
 RSS_LIMIT_MB = 80.0
+# Distilled scans (issue 11).
+DISTILLED_SAVE_FACTOR = 0.1  # cold distilled scan of the 1 GB image <= 0.1 x its docker save
+DISTILLED_SECONDS = 0.5
+DISTILLED_FLAT = 1.2  # the 3 GB image's cold distilled scan within 20% of the 1 GB one's
+DISTILLED_RESCAN_SECONDS = 0.15
+DISTILLED_RSS_MB = 60.0
 
 # A few packages with known vulnerabilities in tests/data/vulns.json, so Clair has findings to return.
 PACKAGES = [
@@ -110,10 +123,11 @@ class Sizes:
     one_layer: int
     small_layer: int
     gig_layer: int
+    three_gig_layer: int
 
 
-FULL = Sizes(one_layer=100 * MB, small_layer=20 * MB, gig_layer=1 << 30)
-QUICK = Sizes(one_layer=10 * MB, small_layer=2 * MB, gig_layer=64 * MIB)
+FULL = Sizes(one_layer=100 * MB, small_layer=20 * MB, gig_layer=1 << 30, three_gig_layer=3 << 30)
+QUICK = Sizes(one_layer=10 * MB, small_layer=2 * MB, gig_layer=64 * MIB, three_gig_layer=192 * MIB)
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,10 @@ def build_images(client: Any, workdir: Path, sizes: Sizes, tags: list[str]) -> d
             blob("gig-1", filler_layer(sizes.gig_layer, seed=20)),
         ],
         "sibling": [*shared, blob("sibling-4", filler_layer(sizes.small_layer, seed=15))],
+        "3gig-layer": [
+            blob("3gig-base", debian_base("3gig-layer")),
+            blob("3gig-1", filler_layer(sizes.three_gig_layer, seed=30)),
+        ],
     }
     run = uuid.uuid4().hex[:10]
     images: dict[str, BenchImage] = {}
@@ -175,6 +193,9 @@ def build_images(client: Any, workdir: Path, sizes: Sizes, tags: list[str]) -> d
         tags.append(tag)
         docker_load(client, archive)
         archive.unlink()  # the engine has its own copy now
+        for layer_blob in blobs:
+            if layer_blob.size > 256 * MB:
+                layer_blob.path.unlink()  # disk: a 3 GB layer need not stay twice
         diff_ids = client.api.inspect_image(tag)["RootFS"]["Layers"]
         if diff_ids != [b.diff_id for b in blobs]:
             raise BenchError(f"{name}: the engine's layers are not the ones written")
@@ -333,11 +354,16 @@ def install_scanner(workdir: Path) -> str:
     return str(venv / "bin" / "clair-scan")
 
 
-def scan(ctx: Context, image: BenchImage, *extra: str) -> ScanRun:
-    """`clair-scan scan` as users run it. Its peak RSS comes from wait4(2) (ru_maxrss, KiB on
-    Linux). Output goes to files: a pipe nobody reads could stall the child."""
+def scan(
+    ctx: Context, image: BenchImage, *extra: str, distilled: bool = False, archive: Path | None = None
+) -> ScanRun:
+    """`clair-scan scan` as users run it (`--per-layer` unless `distilled`). Its peak RSS comes
+    from wait4(2) (ru_maxrss, KiB on Linux). Output goes to files: a pipe nobody reads could
+    stall the child."""
     client, workdir = ctx.client, ctx.workdir
-    command = [ctx.scanner, "scan", image.tag, "--clair", ctx.clair.url, "--ip", ctx.ip]
+    source = ["--archive", str(archive)] if archive is not None else [image.tag]
+    command = [ctx.scanner, "scan", *source, "--clair", ctx.clair.url, "--ip", ctx.ip]
+    command += [] if distilled else ["--per-layer"]
     command += ["--no-report", "--format", "json", *extra]
     # TMPDIR: the scanner's spool lands in our work dir, on the same disk as the floor's save,
     # and is removed with it even if the scanner is killed.
@@ -412,6 +438,13 @@ class Samples:
     # From one more, untimed, cold scan: layers submitted before `docker save` had finished
     # streaming, and layers submitted.
     overlap: tuple[int, int] = (0, 0)
+    distilled_cold: list[ScanRun] = field(default_factory=list)
+    distilled_rescan: list[ScanRun] = field(default_factory=list)
+    # gig-layer as a `docker save` file: one sequential read, Clair indexing the distilled layer,
+    # a distilled `--archive` scan.
+    archive_read: list[float] = field(default_factory=list)
+    archive_indexing: list[float] = field(default_factory=list)
+    archive_scan: list[ScanRun] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -449,6 +482,67 @@ def measure(ctx: Context, image: BenchImage, samples: Samples) -> None:
         samples.cold.append(cold)
         settle()
         samples.rescan.append(scan(ctx, image))
+        measure_distilled(ctx, image, samples)
+
+
+def measure_distilled(ctx: Context, image: BenchImage, samples: Samples) -> None:
+    """One distilled cold scan (Clair made to forget the distilled layer) and one rescan."""
+    ctx.clair.forget(layer_name(image.image_id))
+    settle()
+    cold = scan(ctx, image, distilled=True)
+    if cold.layers_sent != 1 or cold.saves:
+        raise BenchError(
+            f"{image.name}: the distilled scan sent {cold.layers_sent} layers, saved {cold.saves}x"
+        )
+    samples.distilled_cold.append(cold)
+    settle()
+    samples.distilled_rescan.append(scan(ctx, image, distilled=True))
+
+
+def measure_save_and_distilled(ctx: Context, image: BenchImage, samples: Samples) -> None:
+    """For the image too big to scan per layer in every round: its `docker save` alone, and the
+    distilled scans."""
+    for run in range(1, ctx.runs + 1):
+        progress(f"{image.name}: run {run}/{ctx.runs}")
+        saved = ctx.workdir / "tmp" / "floor-save.tar"
+        settle()
+        samples.save.append(docker_save(ctx.client, image.image_id, saved))
+        saved.unlink()
+        measure_distilled(ctx, image, samples)
+
+
+def sequential_read(path: Path) -> float:
+    started = time.perf_counter()
+    with open(path, "rb", buffering=0) as handle:
+        while handle.read(CHUNK):
+            pass
+    return time.perf_counter() - started
+
+
+def measure_archive(ctx: Context, image: BenchImage, samples: Samples) -> None:
+    """gig-layer's `docker save` as a file: its sequential read, Clair indexing its distilled
+    layer (as the scan makes it), and the distilled archive scan, in the same rounds."""
+    saved = ctx.workdir / "tmp" / "archive.tar"
+    docker_save(ctx.client, image.image_id, saved)
+    try:
+        for run in range(1, ctx.runs + 1):
+            progress(f"{image.name} as docker-archive: run {run}/{ctx.runs}")
+            settle()
+            samples.archive_read.append(sequential_read(saved))
+            with (
+                tempfile.TemporaryDirectory(dir=ctx.workdir / "tmp") as scratch,
+                contextlib.ExitStack() as keep,
+            ):
+                (distilled,) = distill_archive(str(saved), scratch, keep)
+                settle()
+                samples.archive_indexing.append(
+                    clair_indexing(ctx.clair, ctx.server, [distilled.files.wait(0, 0)])
+                )
+            ctx.clair.forget(layer_name(image.image_id))
+            settle()
+            samples.archive_scan.append(scan(ctx, image, distilled=True, archive=saved))
+    finally:
+        saved.unlink()
 
 
 def measure_overlap(ctx: Context, image: BenchImage, samples: Samples) -> None:
@@ -628,6 +722,132 @@ def targets(results: dict[str, Samples]) -> list[str]:
     return lines
 
 
+DISTILLED_HEADER = [
+    "image",
+    "size (MB)",
+    "docker save (s)",
+    "per-layer cold (s)",
+    "distilled cold (s)",
+    "distilled/save",
+    "per-layer rescan (s)",
+    "distilled rescan (s)",
+    "peak RSS distilled (MB)",
+]
+
+
+def distilled_report(images: dict[str, BenchImage], results: dict[str, Samples]) -> list[str]:
+    rows = [DISTILLED_HEADER]
+    for name in ("one-layer", "five-layer", "gig-layer", "sibling", "3gig-layer"):
+        image, s = images[name], results[name]
+        cold = median([r.seconds for r in s.distilled_cold])
+        save = median(s.save)
+        rows.append(
+            [
+                name,
+                f"{image.size / MB:.0f}",
+                f"{save:.2f}",
+                f"{median([r.seconds for r in s.cold]):.2f}" if s.cold else "-",
+                f"{cold:.3f}",
+                f"{cold / save:.3f}",
+                f"{median([r.seconds for r in s.rescan]):.3f}" if s.rescan else "-",
+                f"{median([r.seconds for r in s.distilled_rescan]):.3f}",
+                f"{max(r.rss_mb for r in [*s.distilled_cold, *s.distilled_rescan]):.0f}",
+            ]
+        )
+    gig = results["gig-layer"]
+    read, indexing = median(gig.archive_read), median(gig.archive_indexing)
+    scanned = median([r.seconds for r in gig.archive_scan])
+    archive_header = ["docker-archive", "size (MB)", "sequential read (s)", "Clair indexing distilled (s)"]
+    archive_header += [
+        "read + indexing (s)",
+        "distilled --archive scan (s)",
+        "scan/(read+indexing)",
+        "peak RSS (MB)",
+    ]
+    archive_rows = [
+        archive_header,
+        [
+            "gig-layer.tar",
+            f"{images['gig-layer'].size / MB:.0f}",
+            f"{read:.2f}",
+            f"{indexing:.3f}",
+            f"{read + indexing:.2f}",
+            f"{scanned:.2f}",
+            f"{scanned / (read + indexing):.2f}",
+            f"{max(r.rss_mb for r in gig.archive_scan):.0f}",
+        ],
+    ]
+    return [
+        "Distilled (default) next to per-layer (`--per-layer`), same rounds:",
+        "",
+        table(rows),
+        "",
+        table(archive_rows),
+        "",
+        "distilled/save: a cold distilled scan over `docker save` of the same image alone. The "
+        "archive is read warm (page cache), by the scan and by the sequential read alike.",
+    ]
+
+
+def distilled_targets(results: dict[str, Samples]) -> list[str]:
+    lines: list[str] = []
+
+    def verdict(ok: bool, text: str) -> None:
+        lines.append(f"- [{'x' if ok else ' '}] {'met' if ok else 'MISSED'}: {text}")
+
+    gig, three = results["gig-layer"], results["3gig-layer"]
+    cold = median([r.seconds for r in gig.distilled_cold])
+    save = median(gig.save)
+    verdict(
+        cold <= DISTILLED_SAVE_FACTOR * save and cold <= DISTILLED_SECONDS,
+        f"distilled cold scan of the 1 GB image <= {DISTILLED_SAVE_FACTOR} x docker save and <= "
+        f"{DISTILLED_SECONDS} s ({cold:.3f} s, {cold / save:.3f} x {save:.2f} s)",
+    )
+    cold3 = median([r.seconds for r in three.distilled_cold])
+    verdict(
+        cold3 <= DISTILLED_FLAT * cold,
+        f"3 GB image's distilled cold scan within {DISTILLED_FLAT - 1:.0%} of the 1 GB one's "
+        f"({cold3:.3f} s against {cold:.3f} s: {cold3 / cold:.2f} x)",
+    )
+    rescans = {n: median([r.seconds for r in s.distilled_rescan]) for n, s in results.items()}
+    slowest = max(rescans, key=lambda n: rescans[n])
+    verdict(
+        all(t <= DISTILLED_RESCAN_SECONDS for t in rescans.values()),
+        f"distilled rescan <= {DISTILLED_RESCAN_SECONDS} s (slowest: {slowest} at {rescans[slowest]:.3f} s)",
+    )
+    runs = [r for s in results.values() for r in [*s.distilled_cold, *s.distilled_rescan, *s.archive_scan]]
+    sent = sum(r.layers_sent for s in results.values() for r in s.distilled_rescan)
+    verdict(sent == 0, f"distilled rescans send nothing ({sent} layers sent)")
+    rss = max(r.rss_mb for r in runs)
+    verdict(
+        rss <= DISTILLED_RSS_MB, f"distilled peak RSS <= {DISTILLED_RSS_MB:.0f} MB (highest {rss:.0f} MB)"
+    )
+    read, indexing = median(gig.archive_read), median(gig.archive_indexing)
+    scanned = median([r.seconds for r in gig.archive_scan])
+    lines.append(
+        f"- archive: distilled --archive scan of the 1 GB docker-archive {scanned:.2f} s against one "
+        f"sequential read {read:.2f} s + Clair indexing the distilled layer {indexing:.3f} s "
+        f"({scanned / (read + indexing):.2f} x; the rest is the process starting and tar parsing)"
+    )
+    return lines
+
+
+def distilled_details(results: dict[str, Samples]) -> list[str]:
+    lines = ["Distilled runs (s):"]
+    for name, s in results.items():
+        parts = [
+            f"cold {' '.join(f'{r.seconds:.3f}' for r in s.distilled_cold)}",
+            f"rescan {' '.join(f'{r.seconds:.3f}' for r in s.distilled_rescan)}",
+        ]
+        if s.archive_scan:
+            parts.append(f"archive read {' '.join(f'{v:.2f}' for v in s.archive_read)}")
+            parts.append(f"archive scan {' '.join(f'{r.seconds:.2f}' for r in s.archive_scan)}")
+        if name == "3gig-layer":
+            parts.append(f"save {' '.join(f'{v:.2f}' for v in s.save)}")
+        lines.append(f"- {name}: " + "; ".join(parts))
+    return lines
+
+
 def details(results: dict[str, Samples]) -> list[str]:
     """Every sample, to judge the noise behind the medians."""
 
@@ -713,19 +933,27 @@ def run(args: argparse.Namespace) -> list[str]:
         measure_sibling(ctx, images["sibling"], results["sibling"])  # right after five-layer
         measure(ctx, images["sibling"], results["sibling"])
         measure(ctx, images["gig-layer"], results["gig-layer"])
+        measure_archive(ctx, images["gig-layer"], results["gig-layer"])
+        measure_save_and_distilled(ctx, images["3gig-layer"], results["3gig-layer"])
         for name, image in images.items():
-            measure_overlap(ctx, image, results[name])
+            if name != "3gig-layer":
+                measure_overlap(ctx, image, results[name])
         load = (load_start, os.getloadavg()[0])
         progress("done; cleaning up")
+    everything = results
     results = {name: results[name] for name in ("one-layer", "five-layer", "gig-layer", "sibling")}
     return [
         *header,
         "",
         *report(images, results, args.runs, load),
         "",
+        *distilled_report(images, everything),
+        "",
         *targets(results),
+        *distilled_targets(everything),
         "",
         *details(results),
+        *distilled_details(everything),
     ]
 
 

@@ -80,8 +80,9 @@ def detect(
 
 def layer_digest(layer: Layer) -> str:
     """The digest of the bytes Clair downloads for `layer`: a compressed blob's own digest, else
-    the tar's, its diff ID."""
-    return layer.digest or layer.diff_id
+    the tar's, its diff ID. A distilled layer has neither before it is made: its name (the image
+    ID and the distilling rules) stands for it in the manifest's hash."""
+    return layer.digest or layer.diff_id or layer.chain_id
 
 
 def manifest_hash(state: str, image: Image) -> str:
@@ -165,11 +166,16 @@ def _index_error(message: str, manifest: dict[str, Any]) -> ClairError:
 
 
 def analyze_v4(
-    client: ClairClient, image: Image, layer_uri: LayerUri, deadline: Deadline
+    client: ClairClient,
+    image: Image,
+    layer_uri: LayerUri,
+    deadline: Deadline,
+    served_digest: Callable[[Layer], str] = layer_digest,
 ) -> tuple[str, int, tuple[Finding, ...], int]:
     """Make sure Clair v4 has indexed `image`, then read its findings: (namespace, package count,
     findings, layers sent). `layer_uri` gives each layer's URL and request headers; it is called
-    only when Clair lacks the manifest."""
+    only when Clair lacks the manifest, and `served_digest` after it, for the digest of the bytes
+    it serves (a distilled layer's is known only once it is made)."""
     clair = ClairV4(client)
     digest = manifest_hash(clair.index_state(deadline), image)
     report = clair.vulnerability_report(digest, deadline)
@@ -181,7 +187,7 @@ def analyze_v4(
         for layer in image.layers:
             uri, headers = layer_uri(layer)
             layers.append(
-                {"hash": layer_digest(layer), "uri": uri, "headers": {k: [v] for k, v in headers.items()}}
+                {"hash": served_digest(layer), "uri": uri, "headers": {k: [v] for k, v in headers.items()}}
             )
         manifest = {"hash": digest, "layers": layers}
         log.debug("posting manifest %s with %d layers", digest, len(image.layers))

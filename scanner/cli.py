@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -26,6 +26,9 @@ from . import __version__, formats
 from .errors import BackendError, ScanError, UsageError
 from .models import Severity
 from .redact import printable, printable_lines, redact
+
+if TYPE_CHECKING:
+    pass
 
 OK, FOUND, USAGE, FAILURE, INTERRUPTED, TERMINATED = 0, 1, 2, 3, 130, 143
 
@@ -455,8 +458,21 @@ def scan(
     ] = False,
     max_db_age: MaxDbAge = None,
     allow_unknown_age: AllowUnknownAge = False,
+    per_layer: Annotated[
+        bool,
+        typer.Option(
+            "--per-layer",
+            help="Send Clair every layer of the image (exported with `docker save`) and show the "
+            "layer that brought each finding, instead of one small layer of the files Clair reads. "
+            "Slower, and its cost grows with the image; choose it to learn which layer to fix, or "
+            "for images whose package database an upper layer deletes (see README).",
+        ),
+    ] = False,
 ) -> None:
     """Scan images for vulnerabilities; the exit code is the CI gate.
+
+    By default Clair is given one small layer made of the files it reads (the OS-release files
+    and the package databases), whatever the image's size; --per-layer sends every layer.
 
     Without --clair, the Clair appliance (clair-db and clair-local-scan) is started for the scan
     and removed afterwards, or the one `clair-scan up` left running is used.
@@ -490,7 +506,7 @@ def scan(
         specs = list(images or []) + [f"docker-archive:{path}" for path in archive or []]
         return _scan(
             specs,
-            Options(platform=platform, relay=relay_layers),
+            Options(platform=platform, relay=relay_layers, per_layer=per_layer),
             clair,
             settings,
             backend_settings,

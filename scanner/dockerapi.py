@@ -23,7 +23,15 @@ from .errors import DockerError
 # The head start imports this module before its request: the same trick as there.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from .archive import SocketBody
+
+    class Sink(Protocol):
+        """Where a response body is written (a file, or a wrapper of one)."""
+
+        def write(self, data: bytes, /) -> int: ...
+
 
 Address = str | tuple[str, int]
 """A unix socket's path, or a TCP (host, port) (see names.plain_docker_endpoint)."""
@@ -71,10 +79,31 @@ def send_save(engine: Address, image_id: str, timeout: float) -> SaveRequest:
 
 def get(address: Address, path: str, deadline: float) -> tuple[int, bytes]:
     """One GET on a fresh connection, read to its end: (status, body)."""
+    status, _, body = request(address, "GET", path, deadline)
+    return status, body
+
+
+def request(
+    address: Address,
+    method: str,
+    path: str,
+    deadline: float,
+    body: bytes | None = None,
+    sink: Sink | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection, read to its end: (status, headers, body). Header names
+    are lower-cased; a body is sent as JSON. A 200's body goes into `sink` if one is given."""
     with connect(address, deadline) as sock:
-        sock.sendall(_request(host(address), path))
-        status, _, rest = _read_head(sock, deadline)
-        return status, _read_rest(sock, rest, 1 << 26, deadline)
+        sock.sendall(_request(host(address), path, method, body))
+        status, _, headers, rest = _read_response_head(sock, deadline)
+        if method == "HEAD":
+            return status, headers, b""
+        if sink is None or status != 200:
+            return status, headers, _read_rest(sock, rest, 1 << 26, deadline)
+        sink.write(rest)
+        while chunk := _recv(sock, deadline):
+            sink.write(chunk)
+        return status, headers, b""
 
 
 def message(body: bytes) -> str:
@@ -109,12 +138,23 @@ def connect(address: Address, deadline: float) -> socket.socket:
     return socket.create_connection(address, timeout=timeout)
 
 
-def _request(host: str, path: str) -> bytes:
-    return f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()
+def _request(host: str, path: str, method: str = "GET", body: bytes | None = None) -> bytes:
+    head = f"{method} {path} HTTP/1.0\r\nHost: {host}\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + "\r\n").encode() + (body or b"")
 
 
 def _read_head(sock: socket.socket, deadline: float | None = None) -> tuple[int, str, bytes]:
     """An HTTP response's status line and headers: (status, reason, body bytes that came along)."""
+    status, reason, _, rest = _read_response_head(sock, deadline)
+    return status, reason, rest
+
+
+def _read_response_head(
+    sock: socket.socket, deadline: float | None = None
+) -> tuple[int, str, dict[str, str], bytes]:
+    """(status, reason, headers by lower-cased name, body bytes that came along)."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = _recv(sock, deadline)
@@ -122,11 +162,15 @@ def _read_head(sock: socket.socket, deadline: float | None = None) -> tuple[int,
             raise ConnectionError("the connection ended before the response's headers did")
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
     status, _, reason = status_line.partition(" ")[2].partition(" ")
     if not status.isdigit():
         raise ConnectionError(f"not an HTTP response: {status_line[:80]!r}")
-    return int(status), reason, rest
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status), reason, headers, rest
 
 
 def _read_rest(sock: socket.socket, data: bytes, limit: int, deadline: float | None = None) -> bytes:

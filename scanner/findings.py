@@ -40,7 +40,8 @@ def from_clair(layer: dict[str, Any], image: Image) -> tuple[str, int, tuple[Fin
 
 
 def _from_clair(layer: dict[str, Any], image: Image) -> tuple[str, int, tuple[Finding, ...]]:
-    by_chain = {layer.chain_id: layer for layer in image.layers}
+    # A distilled image's one layer says nothing about where a package came from.
+    by_chain = {} if image.distilled else {layer.chain_id: layer for layer in image.layers}
     features = layer.get("Features") or []
     findings: dict[tuple[str, str, str], Finding] = {}
     for feature in features:

@@ -44,7 +44,7 @@ VALUE_OPTIONS = frozenset(
     }
 )  # fmt: skip
 FLAG_OPTIONS = frozenset(
-    {"--ignore-unfixed", "--no-report", "--keep", "--relay-layers", "--allow-unknown-db-age"}
+    {"--ignore-unfixed", "--no-report", "--keep", "--relay-layers", "--allow-unknown-db-age", "--per-layer"}
 )
 _OTHER_SOURCES = ("registry:", "docker-archive:", "oci-archive:", "oci-dir:")
 
@@ -92,7 +92,8 @@ def scan_request(argv: list[str], environ: dict[str, str]) -> tuple[str, str] | 
                 return None
             if name == "--clair":
                 clair = value
-    if not images or not clair:
+    # A distilled scan (the default) exports nothing: only `--per-layer` gets a head start.
+    if not images or not clair or "--per-layer" not in argv:
         return None
     ref = engine_ref(images[0])
     return (ref, clair) if ref else None

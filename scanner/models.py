@@ -49,6 +49,8 @@ class Image:
     id: str
     layers: tuple[Layer, ...]
     digests: tuple[str, ...] = ()
+    distilled: bool = False
+    """Scanned as one layer of the files Clair reads (see distill.py): findings name no layer."""
 
     @property
     def top(self) -> Layer:

@@ -8,6 +8,7 @@ import logging
 import os
 import queue
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -279,6 +280,10 @@ def analyze_v4(
     observer.status(img.name, "asking Clair v4")
     with ExitStack() as stack:
         opened: list[LayerAccess] = []
+        digests: dict[int, str] = {}
+
+        def served_digest(layer: Layer) -> str:
+            return digests.get(layer.index) or clairv4.layer_digest(layer)
 
         def layer_uri(layer: Layer) -> tuple[str, dict[str, str]]:
             if not opened:
@@ -289,13 +294,17 @@ def analyze_v4(
             resources.check()
             if isinstance(access, Remote):
                 return access.url, dict(access.headers)
+            if img.distilled:  # made just now: its digest is that of the tar served
+                digests[layer.index] = _blob_digest(access)
             server = resources.server()
             url = server.publish(layer.chain_id, access)
             stack.callback(server.withdraw, layer.chain_id)
             return url, {}
 
         try:
-            namespace, packages, found, sent = clairv4.analyze_v4(clair, img, layer_uri, deadline)
+            namespace, packages, found, sent = clairv4.analyze_v4(
+                clair, img, layer_uri, deadline, served_digest
+            )
         except ClairError:
             if opened:
                 opened[0].check()  # a save that broke while Clair downloaded is the real cause
@@ -303,6 +312,21 @@ def analyze_v4(
     if sent:
         observer.layers(img.name, sent, sent)
     return Analysis(img, namespace, packages, found, started, _now(), sent)
+
+
+def _blob_digest(access: Blob | Stream) -> str:
+    """The sha256 of a small layer on disk (a distilled one: a few files)."""
+    import hashlib
+
+    from .archive import Blob
+
+    if not isinstance(access, Blob):
+        raise ClairError("a distilled layer must be a file on disk")
+    digest = hashlib.sha256()
+    with open(access.path, "rb") as handle:
+        handle.seek(access.offset)
+        digest.update(handle.read(access.size))
+    return "sha256:" + digest.hexdigest()
 
 
 def run(
@@ -379,7 +403,19 @@ def run(
         # The workers block SIGINT and SIGTERM: the main thread takes them while it waits here.
         # Interrupted, it stops the workers' writing and leaves them behind, daemons blocked in
         # Clair or the engine; the stack then closes the layer server and removes the temp dir.
-        workers = [start_daemon(work, f"scan-{n + 1}") for n in range(min(jobs or default_jobs(), count))]
+        workers = min(jobs or default_jobs(), count)
+        if workers <= 1:
+            # One at a time: in the main thread, where Ctrl-C unwinds each stage's own cleanup.
+            clair = ClairClient(clair_url)
+            stack.callback(clair.close)
+            while not todo.empty():
+                index, name, target = todo.get_nowait()
+                since = waiting_since if index == first else None
+                outcomes[index] = _scan(
+                    index, name, target, clair, resources, settings, write, observer, analyze_one, since
+                )
+            return [outcome for outcome in outcomes if outcome is not None]
+        threads = [start_daemon(work, f"scan-{n + 1}") for n in range(workers)]
         try:
             for _ in range(count):
                 index, outcome = finished.get()  # a signal interrupts the wait
@@ -389,8 +425,12 @@ def run(
         finally:
             resources.stop.set()
             resources.commit.acquire()  # an image's files are written whole or not at all
-        for worker in workers:
-            worker.join()
+            if "scanner.sources.distill" in sys.modules:
+                from .sources import distill
+
+                distill.remove_leftovers()
+        for thread in threads:
+            thread.join()
     return [outcome for outcome in outcomes if outcome is not None]
 
 

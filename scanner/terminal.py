@@ -267,7 +267,10 @@ class Terminal:
             parts.append(f"{len(result.below_threshold)} below threshold")
         analysis = result.analysis
         parts.append(f"{analysis.packages} packages")
-        parts.append(f"{analysis.layers_sent} of {len(result.image.layers)} layers sent to Clair")
+        if result.image.distilled:
+            parts.append(f"distilled layer {'sent to' if analysis.layers_sent else 'already in'} Clair")
+        else:
+            parts.append(f"{analysis.layers_sent} of {len(result.image.layers)} layers sent to Clair")
         if files:
             parts.append(f"wrote {', '.join(files)}")
         self._line(f"{result.image.name}: " + "; ".join(parts), "bold red" if unapproved else "green")
@@ -335,7 +338,9 @@ def findings_table(result: ImageResult) -> Any:
 
     with_cvss = any(f.cvss for f in shown)
     table = Table(title=Text(escape(f"{result.image.name} ({result.analysis.namespace or 'unknown OS'})")))
-    columns = ["Severity", "Vulnerability", "Package", "Installed", "Fixed in", "Layer"]
+    columns = ["Severity", "Vulnerability", "Package", "Installed", "Fixed in"]
+    if not result.image.distilled:
+        columns.append("Layer")  # a distilled scan does not know it
     if with_cvss:
         columns.insert(1, "CVSS")
     for column in columns:
@@ -356,8 +361,9 @@ def findings_table(result: ImageResult) -> Any:
             Text(escape(finding.package)),
             Text(escape(finding.installed)),
             Text(escape(finding.fixed or "-")),
-            Text(escape(layer)),
         ]
+        if not result.image.distilled:
+            cells.append(Text(escape(layer)))
         if with_cvss:
             cells.insert(1, Text(_cvss(finding)))
         table.add_row(*cells)

@@ -40,11 +40,20 @@ def test_reader_knows_every_scan_option_as_the_cli_declares_it():
 @pytest.mark.parametrize(
     ("argv", "env", "expected"),
     [
-        (["scan", "img", "--clair", URL], {}, ("img", URL)),
-        (["scan", "--clair=u:1", "-t", "High", "--no-report", "img", "other"], {}, ("img", "u:1")),
-        (["scan", "-w", "wl.yml", "img", "--format", "json"], {"CLAIR_ADDR": "env:1"}, ("img", "env:1")),
-        (["scan", "img", "--clair", "arg:1"], {"CLAIR_ADDR": "env:1"}, ("img", "arg:1")),
-        (["scan", "--clair", URL, "--", "-odd-name"], {}, ("-odd-name", URL)),
+        (["scan", "img", "--clair", URL, "--per-layer"], {}, ("img", URL)),
+        (["scan", "img", "--clair", URL], {}, None),  # distilled: nothing to export
+        (
+            ["scan", "--clair=u:1", "-t", "High", "--no-report", "img", "other", "--per-layer"],
+            {},
+            ("img", "u:1"),
+        ),
+        (
+            ["scan", "--per-layer", "-w", "wl.yml", "img", "--format", "json"],
+            {"CLAIR_ADDR": "env:1"},
+            ("img", "env:1"),
+        ),
+        (["scan", "img", "--clair", "arg:1", "--per-layer"], {"CLAIR_ADDR": "env:1"}, ("img", "arg:1")),
+        (["scan", "--per-layer", "--clair", URL, "--", "-odd-name"], {}, ("-odd-name", URL)),
         (["scan", "img"], {}, None),  # the appliance: Clair is not known yet
         (["scan", "img"], {"CLAIR_ADDR": ""}, None),
         (["scan", "--archive", "a.tar", "--clair", URL], {}, None),  # no engine image
@@ -83,7 +92,7 @@ def test_a_cold_scan_exports_once_through_the_head_start(clair, load_image, dock
     image = load_image(debian_image_layers())
     image_id = docker_client.api.inspect_image(image.tag)["Id"]
     log = tmp_path / "debug.log"
-    args = ["scan", image.tag, "--clair", clair.url, "--ip", "127.0.0.1", "--format", "json"]
+    args = ["scan", image.tag, "--per-layer", "--clair", clair.url, "--ip", "127.0.0.1", "--format", "json"]
     since = time.time()
     cold = run_process([*args, "--no-report", "--log", str(log)], cwd=tmp_path)
     assert cold.code == 1, cold.stderr  # the Debian layer has known vulnerabilities
@@ -106,14 +115,14 @@ def test_a_head_start_for_an_image_whose_tag_moved_is_dropped(
 ):
     first = load_image(debian_image_layers())
     second = load_image([*debian_image_layers(), Layer(files={"etc/second": b"2\n"})])
-    headstart.begin(["scan", first.tag, "--clair", clair.url], {})
+    headstart.begin(["scan", first.tag, "--per-layer", "--clair", clair.url], {})
     started = headstart._started
     assert started is not None, "the head start should have sent a save"
     first_id = docker_client.api.inspect_image(first.tag)["Id"]
     docker_client.images.get(second.tag).tag(first.tag)  # the tag now names another image
     request.addfinalizer(lambda: docker_client.images.remove(first_id, force=True))
     log = tmp_path / "debug.log"
-    args = ["scan", first.tag, "--clair", clair.url, "--ip", "127.0.0.1", "--format", "json"]
+    args = ["scan", first.tag, "--per-layer", "--clair", clair.url, "--ip", "127.0.0.1", "--format", "json"]
     result = run_cli([*args, "--no-report", "--log", str(log)])
     assert result.code == 1, result.stderr
     scanned = json.loads(result.stdout)["images"][0]
@@ -126,7 +135,7 @@ def test_a_head_start_for_an_image_whose_tag_moved_is_dropped(
 
 def test_an_unclaimed_head_start_is_closed_by_the_next_claim(clair, load_image):
     image = load_image(debian_image_layers())
-    headstart.begin(["scan", image.tag, "--clair", clair.url], {})
+    headstart.begin(["scan", image.tag, "--per-layer", "--clair", clair.url], {})
     started = headstart._started
     assert started is not None
     assert headstart.claim(image.tag, "http://elsewhere:6060") is None
@@ -136,11 +145,11 @@ def test_an_unclaimed_head_start_is_closed_by_the_next_claim(clair, load_image):
 def test_no_head_start_when_clair_does_not_answer_as_expected(clair, load_image):
     image = load_image(debian_image_layers())
     clair.fail_next(500, method="GET")
-    headstart.begin(["scan", image.tag, "--clair", clair.url], {})
+    headstart.begin(["scan", image.tag, "--per-layer", "--clair", clair.url], {})
     assert headstart._started is None  # an error answer is left to the normal path to report
-    headstart.begin(["scan", "clair-scan-test/no-such-image:1", "--clair", clair.url], {})
+    headstart.begin(["scan", "clair-scan-test/no-such-image:1", "--per-layer", "--clair", clair.url], {})
     assert headstart._started is None
-    headstart.begin(["scan", image.tag, "--clair", "http://user:secret@127.0.0.1:1"], {})
+    headstart.begin(["scan", image.tag, "--per-layer", "--clair", "http://user:secret@127.0.0.1:1"], {})
     assert headstart._started is None
     headstart.begin(["status", "--clair", clair.url], {})
     assert headstart._started is None
@@ -162,7 +171,7 @@ def test_ctrl_c_while_the_head_start_waits_ends_cleanly(clair, load_image, tmp_p
     image = load_image(debian_image_layers())
     clair.hang(method="GET")  # the head start's question, and every later one, goes unanswered
     process = start_process(
-        ["scan", image.tag, "--clair", clair.url, "--ip", "127.0.0.1"], tmp_path, private_tmp
+        ["scan", image.tag, "--per-layer", "--clair", clair.url, "--ip", "127.0.0.1"], tmp_path, private_tmp
     )
     deadline = time.monotonic() + 30
     while not clair.requests and time.monotonic() < deadline:

@@ -21,7 +21,7 @@ COUNTING = {(v, p) for v, p, *_ in DEBIAN_EXPECTED}
 
 
 def _scan(clair, *extra: str) -> list[str]:
-    return ["scan", *extra, "--clair", clair.url, "--ip", "127.0.0.1"]
+    return ["scan", "--per-layer", *extra, "--clair", clair.url, "--ip", "127.0.0.1"]
 
 
 def _outputs(directory: Path) -> list[str]:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.docker
 
 
 def _scan_args(clair, *extra: str) -> list[str]:
-    return ["scan", *extra, "--clair", clair.url, "--ip", "127.0.0.1"]
+    return ["scan", "--per-layer", *extra, "--clair", clair.url, "--ip", "127.0.0.1"]
 
 
 def _variant(n: int) -> list[Layer]:

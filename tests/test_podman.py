@@ -135,7 +135,9 @@ def _podman_load(podman: Podman, tmp_path: Path) -> tuple[str, str]:
 def _scan(clair: Any, ref: str, cwd: Path, docker_host: str | None = None) -> tuple[Any, dict[str, Any]]:
     env = {"DOCKER_HOST": docker_host} if docker_host else None
     result = run_process(
-        ["scan", ref, "--clair", clair.url, "--ip", "127.0.0.1", "--format", "json"], env=env, cwd=cwd
+        ["scan", "--per-layer", ref, "--clair", clair.url, "--ip", "127.0.0.1", "--format", "json"],
+        env=env,
+        cwd=cwd,
     )
     assert result.code == 1, result.stderr
     return result, json.loads(result.stdout)["images"][0]

@@ -80,7 +80,9 @@ def test_registry_scan_with_docker_login_password_equals_the_engine_scan(
     _no_secret(reg.password, result.stdout, result.stderr, log.read_text(), json.dumps(report))
     # The engine scan of the same image finds Clair holding every layer: nothing is sent.
     posts = len(_posts(clair))
-    engine = run_cli(_args(clair, f"docker:{local}", "--format", "json", "--no-report"), cwd=tmp_path)
+    engine = run_cli(
+        _args(clair, f"docker:{local}", "--per-layer", "--format", "json", "--no-report"), cwd=tmp_path
+    )
     assert engine.code == 1, engine.stderr
     assert _found(engine.stdout) == DEBIAN_EXPECTED
     assert len(_posts(clair)) == posts

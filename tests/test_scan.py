@@ -35,7 +35,8 @@ def _history() -> list[HistoryEntry | str]:
 
 
 def _scan_args(clair, *extra: str) -> list[str]:
-    return ["scan", *extra, "--clair", clair.url, "--ip", "127.0.0.1"]
+    # These tests are about sending layers; the default, distilled mode is tested in test_distill.py.
+    return ["scan", *extra, "--per-layer", "--clair", clair.url, "--ip", "127.0.0.1"]
 
 
 def _report_set(report: dict) -> set[tuple]:
@@ -327,7 +328,8 @@ def test_clair_that_never_answers_hits_the_deadline(clair, load_image, tmp_path)
 def test_wrong_ip_gives_clairs_could_not_find_layer(clair, load_image, tmp_path):
     image = load_image(debian_image_layers())
     result = run_cli(
-        ["scan", image.tag, "--clair", clair.url, "--ip", "127.0.0.2", "--bind", "127.0.0.1"], cwd=tmp_path
+        ["scan", image.tag, "--per-layer", "--clair", clair.url, "--ip", "127.0.0.2", "--bind", "127.0.0.1"],
+        cwd=tmp_path,
     )
     assert result.code == 3
     assert "could not find layer" in result.stderr
@@ -447,7 +449,8 @@ def test_debug_log_records_the_run_without_secrets(clair, load_image, tmp_path):
     log = tmp_path / "scan.log"
     url = clair.url.replace("http://", "http://scanner:t0ps3cret@")
     result = run_process(
-        ["scan", image.tag, "--clair", url, "--ip", "127.0.0.1", "--log", str(log)], cwd=tmp_path
+        ["scan", image.tag, "--per-layer", "--clair", url, "--ip", "127.0.0.1", "--log", str(log)],
+        cwd=tmp_path,
     )
     assert result.code == 1, result.stderr
     text = log.read_text()
@@ -459,7 +462,9 @@ def test_debug_log_records_the_run_without_secrets(clair, load_image, tmp_path):
 def test_clair_addr_without_scheme_from_the_environment(clair, load_image, tmp_path):
     image = load_image(debian_image_layers())
     address = clair.url.removeprefix("http://")
-    result = run_process(["scan", image.tag, "--ip", "127.0.0.1"], env={"CLAIR_ADDR": address}, cwd=tmp_path)
+    result = run_process(
+        ["scan", image.tag, "--per-layer", "--ip", "127.0.0.1"], env={"CLAIR_ADDR": address}, cwd=tmp_path
+    )
     assert result.code == 1, result.stderr
     assert len(_posts(clair)) == 3
 

@@ -48,7 +48,7 @@ def _rows(stdout: str) -> set[tuple]:
 @pytest.mark.parametrize("run", [run_cli, run_process], ids=["cli-runner", "process"])
 def test_scan_against_clair_v4_reports_what_it_holds(run, clair4, load_image, docker_client, tmp_path):
     image = load_image(_unique_debian(), history=[*DEBIAN_HISTORY, "COPY test-id /etc/"])
-    args = ["scan", image.tag, "--clair", clair4.url, "--ip", "127.0.0.1", "--format", "json"]
+    args = ["scan", "--per-layer", image.tag, "--clair", clair4.url, "--ip", "127.0.0.1", "--format", "json"]
     result = run(args, cwd=tmp_path)
     assert result.code == 1, result.stderr
     assert _rows(result.stdout) == V4_EXPECTED
@@ -90,7 +90,7 @@ def test_a_cold_scan_against_clair_v4_exports_once_through_the_head_start(
     and starts the export when there is no report for it; the rescan starts none."""
     image = load_image(_unique_debian())
     log = tmp_path / "debug.log"
-    args = ["scan", image.tag, "--clair", clair4.url, "--ip", "127.0.0.1", "--no-report"]
+    args = ["scan", "--per-layer", image.tag, "--clair", clair4.url, "--ip", "127.0.0.1", "--no-report"]
     since = time.time()
     cold = run_process([*args, "--log", str(log)], cwd=tmp_path)
     assert cold.code == 1, cold.stderr
@@ -112,7 +112,17 @@ def test_a_cold_scan_against_clair_v4_exports_once_through_the_head_start(
 def test_a_clair_v4_without_vulnerability_data_is_a_failure_not_a_clean_scan(load_image, tmp_path):
     image = load_image(debian_image_layers())
     with ClairV4Simulator(clairsim.MemoryStore()) as sim:
-        args = ["scan", image.tag, "--clair", sim.url, "--ip", "127.0.0.1", "--clair-timeout", "3"]
+        args = [
+            "scan",
+            "--per-layer",
+            image.tag,
+            "--clair",
+            sim.url,
+            "--ip",
+            "127.0.0.1",
+            "--clair-timeout",
+            "3",
+        ]
         result = run_cli(args, cwd=tmp_path)
     assert result.code == 3
     assert "has no vulnerability data yet" in result.stderr and "Traceback" not in result.stderr
@@ -123,6 +133,8 @@ def test_a_url_that_is_no_clair_is_one_clear_error(load_image, tmp_path):
     image = load_image(debian_image_layers())
     with ClairV4Simulator(clairsim.MemoryStore()) as sim:
         url = sim.url + "/nothing-here"
-        result = run_cli(["scan", image.tag, "--clair", url, "--ip", "127.0.0.1"], cwd=tmp_path)
+        result = run_cli(
+            ["scan", "--per-layer", image.tag, "--clair", url, "--ip", "127.0.0.1"], cwd=tmp_path
+        )
     assert result.code == 3
     assert f"no Clair API at {url}" in result.stderr and "Traceback" not in result.stderr

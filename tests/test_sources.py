@@ -21,7 +21,18 @@ needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo
 
 
 def _scan(clair, *args: str) -> list[str]:
-    return ["scan", *args, "--clair", clair.url, "--ip", "127.0.0.1", "--format", "json", "--no-report"]
+    return [
+        "scan",
+        "--per-layer",
+        *args,
+        "--clair",
+        clair.url,
+        "--ip",
+        "127.0.0.1",
+        "--format",
+        "json",
+        "--no-report",
+    ]
 
 
 def _found(stdout: str) -> set[tuple]:

@@ -11,8 +11,8 @@ from ..models import Finding, ImageResult
 from . import Format, utc_time
 
 
-def _finding_json(finding: Finding) -> dict[str, Any]:
-    return {
+def _finding_json(finding: Finding, distilled: bool = False) -> dict[str, Any]:
+    found: dict[str, Any] = {
         "vulnerability": finding.vulnerability,
         "package": finding.package,
         "installed": finding.installed,
@@ -32,6 +32,9 @@ def _finding_json(finding: Finding) -> dict[str, Any]:
         },
         "ignored": finding.ignored,
     }
+    if distilled:
+        del found["layer"]  # absent, not wrong: a distilled scan does not know it
+    return found
 
 
 def result_json(result: ImageResult) -> dict[str, Any]:
@@ -48,7 +51,8 @@ def result_json(result: ImageResult) -> dict[str, Any]:
         "started": utc_time(analysis.started),
         "finished": utc_time(analysis.finished),
         "unapproved": len(result.unapproved),
-        "findings": [_finding_json(f) for f in result.findings],
+        "distilled": result.image.distilled,
+        "findings": [_finding_json(f, result.image.distilled) for f in result.findings],
         "warnings": list(result.warnings),
     }
 

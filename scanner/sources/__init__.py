@@ -68,6 +68,9 @@ class Options:
     """os/arch[/variant] for multi-platform images."""
     relay: bool = False
     """Registry layers go through our layer server instead of Clair fetching them."""
+    per_layer: bool = False
+    """Send Clair every layer instead of one distilled layer (engine images and archives; a
+    registry's layers are always sent as they are, since Clair downloads them itself)."""
 
 
 def split(spec: str) -> tuple[str | None, str]:
@@ -93,7 +96,7 @@ def resolve(
     parsed = [split(spec) for spec in specs]
     for kind, rest in parsed:
         _check(kind, rest)
-    engine = EngineSource(environ, head)
+    engine = EngineSource(environ, head, distill=not options.per_layer)
     registries = registry.Registries(options, environ, engine)
     stack.callback(registries.close)
     pending: list[Pending] = []

@@ -25,11 +25,18 @@ def targets(kind: str, path: str, stack: ExitStack, options: Options) -> list[Pe
     from .. import archive
     from . import Target
 
+    found: list[Any]
     if kind == "oci-dir":
+        # Its layers are files already: they are served as they are, never copied.
         found = read_oci_dir(path, options.platform)
-    else:
+    elif options.per_layer:
         workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="clair-scan-"))
         found = archive.read_archive(path, workdir, options.platform)
+    else:
+        from . import distill
+
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="clair-scan-"))
+        found = distill.read_archive(path, workdir, stack)
     pending: list[Pending] = []
     for item in found:
 

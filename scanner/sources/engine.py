@@ -23,7 +23,7 @@ from ..threads import start_daemon
 
 if TYPE_CHECKING:
     from ..archive import LayerFiles, SocketBody
-    from ..dockerapi import SaveRequest
+    from ..dockerapi import SaveRequest, Sink
     from ..headstart import HeadStart
     from . import Target
 
@@ -92,6 +92,36 @@ class Engine:
         except requests.RequestException as exc:
             raise _unreachable(self._environ, exc) from None
         return response.status_code, response.content
+
+    def request(
+        self, method: str, path: str, body: Any = None, sink: Sink | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Any API call, `body` sent as JSON: (status, headers by lower-cased name, body). A 200's
+        body goes into `sink` if one is given."""
+        payload = None if body is None else json.dumps(body).encode()
+        if self.address is not None:
+            try:
+                deadline = time.monotonic() + TIMEOUT
+                return dockerapi.request(self.address, method, path, deadline, payload, sink)
+            except OSError as exc:
+                raise _unreachable(self._environ, exc) from None
+        import requests
+
+        api = self.client().api
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        url = f"{api.base_url}/v{api.api_version}{path}"
+        try:
+            response = api.request(
+                method, url, data=payload, headers=headers, timeout=TIMEOUT, stream=sink is not None
+            )
+            found = {name.lower(): value for name, value in response.headers.items()}
+            if sink is not None and response.status_code == 200:
+                for chunk in response.iter_content(1 << 20):
+                    sink.write(chunk)
+                return response.status_code, found, b""
+        except requests.RequestException as exc:
+            raise _unreachable(self._environ, exc) from None
+        return response.status_code, found, response.content
 
     def send_save(self, image: Image) -> SaveRequest | None:
         """The save asked for on a connection of its own (dockerapi.send_save), so that it can be
@@ -212,9 +242,12 @@ class EngineSource:
     """`docker:REF`: images in the engine. The engine is asked once whether it answers, on first
     use; the first image's export may already be under way (see headstart)."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None, head: HeadStart | None = None) -> None:
+    def __init__(
+        self, environ: Mapping[str, str] | None = None, head: HeadStart | None = None, distill: bool = False
+    ) -> None:
         self._environ = environ
         self._head = head
+        self._distill = distill
         self._engine: Engine | None = None
         self._error: DockerError | None = None
 
@@ -247,6 +280,15 @@ class EngineSource:
 
         engine = self.engine()
         img = inspect(engine, ref)
+        if self._distill:
+            from . import distill
+
+            # Nothing is created before the scan finds that Clair lacks the distilled layer: a
+            # rescan creates no container.
+            def distilled(workdir: str) -> contextlib.AbstractContextManager[LayerFiles]:
+                return distill.from_engine(engine, img, workdir)
+
+            return Target(distill.distilled(img), distilled)
         started = None
         if self._head is not None and self._head.ref == ref:
             started, self._head = self._head.save, None  # its one response serves one export
