@@ -138,3 +138,25 @@ def test_a_url_that_is_no_clair_is_one_clear_error(load_image, tmp_path):
         )
     assert result.code == 3
     assert f"no Clair API at {url}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_distilled_scan_against_clair_v4_matches_the_per_layer_one(clair4, load_image, tmp_path):
+    """The default scan sends Clair v4 one small layer whose digest is that of the tar served;
+    its findings are the per-layer scan's, the layer aside; a rescan sends nothing."""
+    image = load_image(_unique_debian(), history=[*DEBIAN_HISTORY, "COPY test-id /etc/"])
+    base = ["scan", image.tag, "--clair", clair4.url, "--ip", "127.0.0.1", "--format", "json", "--no-report"]
+    distilled = run_process(base, cwd=tmp_path)
+    assert distilled.code == 1, distilled.stderr
+    doc = json.loads(distilled.stdout)["images"][0]
+    assert doc["distilled"] is True and all("layer" not in f for f in doc["findings"])
+    found = {
+        (f["vulnerability"], f["package"], f["installed"], f["fixed"], f["severity"]) for f in doc["findings"]
+    }
+    assert found == {row[:5] for row in V4_EXPECTED}
+    (download,) = clair4.downloads
+    assert download.status == 200  # Clair checked the digest of what it downloaded
+    clair4.clear_records()
+    again = run_process(base, cwd=tmp_path)
+    assert again.code == 1, again.stderr
+    assert json.loads(again.stdout)["images"][0]["layers_sent"] == 0
+    assert not clair4.downloads and not [r for r in clair4.requests if r.method == "POST"]
