@@ -17,17 +17,27 @@ from typing import Any
 import docker
 import pytest
 import yaml
+from test_appliance import ROLE, _config, _ours, _remove_appliances
 
 import standin
 from conftest import DEBIAN_EXPECTED, debian_image_layers, run_cli, run_process
 from reportcheck import validate_gitlab_report
-from test_appliance import ROLE, _config, _ours, _remove_appliances, clean_engine  # noqa: F401
 
 pytestmark = [pytest.mark.docker, pytest.mark.appliance]
 V4_EXPECTED = {
     (v, p, i, fix, "Critical" if s == "Defcon1" else s, n) for v, p, i, fix, s, n in DEBIAN_EXPECTED
 }
 MAPPING_ERROR = "rhel: unable to create a mappingFile object"
+
+
+@pytest.fixture
+def clean_engine(docker_client):
+    """Every test starts and must end with no appliance container or network."""
+    _remove_appliances(docker_client)
+    yield docker_client
+    left = _ours(docker_client)
+    _remove_appliances(docker_client)
+    assert left == [], f"left behind: {left}"
 
 
 @pytest.fixture(scope="session")
@@ -213,7 +223,8 @@ def test_up_status_scan_down_v4(images_v4, clean_engine, load_image, tmp_path):
     warm = backend.find_warm(docker.from_env(), backend.Settings(api="v4"))
     assert warm is not None and warm.api == "v4"
     direct = run_process(
-        ["scan", image.tag, "--clair", warm.clair_url, "--ip", "127.0.0.1", "--max-db-age", "30"], cwd=tmp_path
+        ["scan", image.tag, "--clair", warm.clair_url, "--ip", "127.0.0.1", "--max-db-age", "30"],
+        cwd=tmp_path,
     )
     assert direct.code == 3 and "days old, more than --max-db-age 30" in direct.stderr
 
@@ -244,7 +255,10 @@ def test_up_v4_with_updates_runs_the_updaters_and_keeps_the_data(images_v4, clea
 
 
 def test_bundle_save_and_load_v4_defaults(images_v4, clean_engine, tmp_path):
-    defaults = {"arminc/clair-db-v4:latest": images_v4["db"], "arminc/clair-local-scan-v4:latest": images_v4["clair"]}
+    defaults = {
+        "arminc/clair-db-v4:latest": images_v4["db"],
+        "arminc/clair-local-scan-v4:latest": images_v4["clair"],
+    }
     for ref in defaults:
         with contextlib.suppress(docker.errors.ImageNotFound):
             clean_engine.images.get(ref)
@@ -263,7 +277,8 @@ def test_bundle_save_and_load_v4_defaults(images_v4, clean_engine, tmp_path):
         assert "lacks" not in loaded.stderr
         assert all(clean_engine.images.get(ref) for ref in defaults)
         other = run_process(["bundle", "load", str(bundle), "--backend", "v2"])
-        assert other.code == 0 and "the bundle lacks the v2 appliance's arminc/clair-db:latest" in other.stderr
+        assert other.code == 0
+        assert "the bundle lacks the v2 appliance's arminc/clair-db:latest" in other.stderr
     finally:
         for new in defaults:
             with contextlib.suppress(docker.errors.ImageNotFound):
@@ -280,3 +295,15 @@ def test_an_update_interval_clair_v4_would_ignore_is_a_usage_error():
 def test_an_unknown_backend_is_a_usage_error():
     result = run_cli(["status", "--backend", "v3"])
     assert result.code == 2 and "v3" in result.stderr
+
+
+def test_max_db_age_with_a_running_clair_v2_is_a_usage_error(clair, load_image, tmp_path):
+    """A Clair v2 keeps its data's age in its database only, which --clair does not reach."""
+    image = load_image(debian_image_layers())
+    args = ["scan", image.tag, "--clair", clair.url, "--ip", "127.0.0.1", "--max-db-age", "30"]
+    result = run_process(args, cwd=tmp_path)
+    assert result.code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("clair-scan: error: --max-db-age with --clair needs a Clair v4")
+    assert not (tmp_path / "gl-container-scanning-report.json").exists()

@@ -27,7 +27,8 @@ DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "vulns.json"
 def _log(level: str, message: str, **fields: object) -> None:
     """Clair's log lines: JSON on stderr, lowercase levels (§1)."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    print(json.dumps({"level": level, "time": stamp, **fields, "message": message}), file=sys.stderr, flush=True)
+    line = json.dumps({"level": level, "time": stamp, **fields, "message": message})
+    print(line, file=sys.stderr, flush=True)
 
 
 def _from_config(path: str) -> tuple[ClairV4Simulator, clairsim.Store] | int:

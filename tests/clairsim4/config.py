@@ -27,7 +27,10 @@ import yaml
 
 REPO2CPE_URL = "https://access.redhat.com/security/data/metrics/repository-to-cpe.json"
 MAPPING_FAILURE = "rhel: unable to create a mappingFile object"
-ALL_SETS = ("rhel", "alpine", "ubuntu", "debian", "osv", "aws", "oracle", "photon", "suse", "rhcc", "clair.cvss")
+ALL_SETS = (
+    *("rhel", "alpine", "ubuntu", "debian", "osv", "aws", "oracle", "photon", "suse", "rhcc"),
+    "clair.cvss",
+)
 SIX_HOURS = 6 * 3600.0
 
 # The keys of clair:config (v1.3.0) that a combo-mode config may hold; anything else is fatal.
@@ -103,7 +106,7 @@ def _check_keys(value: Any, known: Any, where: str) -> None:
 def _port(address: Any, default: int) -> int:
     if not address:
         return default
-    host, _, port = str(address).rpartition(":")
+    port = str(address).rpartition(":")[2]
     if not port.isdigit():
         raise ConfigError(f"bad listen address {address!r}")
     return int(port)
@@ -137,7 +140,8 @@ def load(path: str) -> Config:
         raise ConfigError("failed to decode config: not an object")
     _check_keys(data, _KNOWN, "")
     indexer, matcher = data.get("indexer") or {}, data.get("matcher") or {}
-    connstrings = {name: str((data.get(name) or {}).get("connstring") or "") for name in ("indexer", "matcher", "notifier")}
+    services = ("indexer", "matcher", "notifier")
+    connstrings = {name: str((data.get(name) or {}).get("connstring") or "") for name in services}
     sets = (data.get("updaters") or {}).get("sets")
     update_sets = tuple(str(s) for s in sets) if sets is not None else ALL_SETS
     if matcher.get("disable_updaters"):
