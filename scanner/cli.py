@@ -44,7 +44,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
-    help="Scan container images for known vulnerabilities with Clair v2.",
+    help="Scan container images for known vulnerabilities with Clair (v2 or v4).",
 )
 bundle_app = typer.Typer(no_args_is_help=True, help="Move the backend images to hosts without a registry.")
 app.add_typer(bundle_app, name="bundle")
@@ -83,7 +83,7 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
-    """Scan container images for known vulnerabilities with Clair v2."""
+    """Scan container images for known vulnerabilities with Clair (v2 or v4)."""
 
 
 # Options shared by the commands that run the appliance, declared once.
@@ -282,7 +282,7 @@ def scan(
         typer.Option(
             "--clair",
             envvar="CLAIR_ADDR",
-            help="Use this running Clair v2 instead of starting the local appliance.",
+            help="Use this running Clair (v2 or v4, told apart by itself) instead of the local appliance.",
             metavar="URL",
         ),
     ] = None,

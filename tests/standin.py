@@ -9,9 +9,9 @@ The v4 pair (arminc/clair-db-v4, arminc/clair-local-scan-v4, see ../shared/CLAIR
 the db stand-in is the same PostgreSQL with the same data, which is how the Clair v4 simulator
 reads vulnerability data (Clair's own v4 schema is its business: clair-scan asks Clair's API, not
 its tables); the Clair stand-in runs `python -m clairsim4 -mode combo -conf /config/config.yaml`
-as user nobody, with arminc's shipped v4 config, and reads that file as Clair 4.7.4 does (ports,
-connection strings, updaters, the RHEL scanner's CPE mapping: as shipped, it has none and no
-network to fetch it, so every index fails with 500).
+as user nobody, with arminc's shipped v4 config in the declared volume /config, and reads that
+file as Clair 4.7.4 does (ports, connection strings, updaters, the RHEL scanner's CPE mapping:
+as shipped, it has none and no network to fetch it, so every index fails with 500).
 
 Images are cached by tag; the tag carries a hash of everything that goes into them, so a change to
 the simulator or the data rebuilds them. Run `python tests/standin.py` to build them by hand.
@@ -109,6 +109,7 @@ COPY config.yaml /config/config.yaml
 WORKDIR /opt/clairsim
 ENV PYTHONDONTWRITEBYTECODE=1
 USER nobody
+VOLUME /config
 EXPOSE 8080 8081
 ENTRYPOINT ["python3", "-m", "clairsim4"]
 CMD ["-mode", "combo", "-conf", "/config/config.yaml"]

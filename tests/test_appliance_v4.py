@@ -175,7 +175,7 @@ def test_the_generated_config_is_what_lets_clair_index_offline(
         assert _rows(scanned.stdout) == V4_EXPECTED
     finally:
         with contextlib.suppress(docker.errors.NotFound):
-            docker_client.containers.get(shipped_name).remove(force=True)
+            docker_client.containers.get(shipped_name).remove(force=True, v=True)
         backend.cleanup(docker_client, running.owner, backend.Progress())
     assert _ours(clean_engine) == []
 
@@ -186,8 +186,10 @@ def test_up_status_scan_down_v4(images_v4, clean_engine, load_image, tmp_path):
     up = run_process(["up", *_backend(images_v4)], cwd=tmp_path)
     assert up.code == 0, up.stderr
     assert "appliance ready: Clair at http://127.0.0.1:" in up.stderr
-    running = sorted(c.name for c in clean_engine.containers.list(filters={"label": ROLE}))
-    assert running == ["clair-scan-v4-clair", "clair-scan-v4-db"]
+    containers = clean_engine.containers.list(filters={"label": ROLE})
+    assert sorted(c.name for c in containers) == ["clair-scan-v4-clair", "clair-scan-v4-db"]
+    volumes = [m["Name"] for c in containers for m in c.attrs["Mounts"] if m["Type"] == "volume"]
+    assert volumes  # Clair's image declares /config a volume, as arminc's does
     again = run_cli(["up", *_backend(images_v4)])
     assert again.code == 0 and "the appliance is already running" in again.stderr
 
@@ -233,6 +235,9 @@ def test_up_status_scan_down_v4(images_v4, clean_engine, load_image, tmp_path):
     down = run_cli(["down", "--backend", "v4"])
     assert down.code == 0 and "removed 2" in down.stderr
     assert _ours(clean_engine) == []
+    for volume in volumes:  # removed with their containers
+        with pytest.raises(docker.errors.NotFound):
+            clean_engine.volumes.get(volume)
 
 
 def test_up_v4_with_updates_runs_the_updaters_and_keeps_the_data(images_v4, clean_engine, docker_client):
