@@ -1,5 +1,10 @@
 """The appliance: the clair-db and clair-local-scan containers, brought up, awaited, reused, removed.
 
+Two flavours share everything here but what a `Flavour` names: Clair v2 (arminc/clair-db,
+arminc/clair-local-scan) and Clair v4 (their -v4 pair, CLAIR_V4_API.md), each with a config of
+ours, its own readiness probe and its own way to tell the data's age. Their warm appliances have
+names of their own and may run side by side.
+
 Everything created carries the `io.clair-scan` label, so `clair-scan down` also finds what a killed
 run left behind, and the ID of the run that created it (`io.clair-scan.owner`): a run cleans up only
 what it created itself, never the appliance another run started at the same moment. A warm

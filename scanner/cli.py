@@ -651,10 +651,13 @@ def up(
     _guarded(work, log_file)
 
 
-def _update_interval(update: bool, text: str | None, default: float) -> float:
-    """Seconds between Clair's updates: 0 unless asked, `default` for a bare --update."""
+def _update_interval(update: bool, text: str | None, default: float | None = None) -> float:
+    """Seconds between Clair's updates: 0 unless asked, `default` (Clair v2's 2 h unless given)
+    for a bare --update."""
+    from .backend import DEFAULT_UPDATE_INTERVAL
+
     if text is None:
-        return default if update else 0.0
+        return (DEFAULT_UPDATE_INTERVAL if default is None else default) if update else 0.0
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     given = text.strip()
     parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", given)
