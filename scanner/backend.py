@@ -1,5 +1,10 @@
 """The appliance: the clair-db and clair-local-scan containers, brought up, awaited, reused, removed.
 
+Two flavours share everything here but what a `Flavour` names: Clair v2 (arminc/clair-db,
+arminc/clair-local-scan) and Clair v4 (their -v4 pair, CLAIR_V4_API.md), each with a config of
+ours, its own readiness probe and its own way to tell the data's age. Their warm appliances have
+names of their own and may run side by side.
+
 Everything created carries the `io.clair-scan` label, so `clair-scan down` also finds what a killed
 run left behind, and the ID of the run that created it (`io.clair-scan.owner`): a run cleans up only
 what it created itself, never the appliance another run started at the same moment. A warm
@@ -13,6 +18,7 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -30,7 +36,7 @@ import docker
 import docker.errors
 import requests
 
-from .clair import ClairClient, Deadline
+from .clair import ClairClient, Deadline, json_object
 from .errors import BackendError, ClairError, UsageError, first_line
 from .layerserver import route_address
 from .threads import start_daemon
@@ -53,8 +59,13 @@ WARM = "warm"
 # first update starts as soon as Clair does.
 DEFAULT_UPDATE_INTERVAL = 7200.0
 
+API = "io.clair-scan.api"
+"""v2 or v4: which Clair the appliance runs (none: an older clair-scan's, v2)."""
+
 DB_IMAGE = "arminc/clair-db:latest"
 CLAIR_IMAGE = "arminc/clair-local-scan:latest"
+DB_IMAGE_V4 = "arminc/clair-db-v4:latest"
+CLAIR_IMAGE_V4 = "arminc/clair-local-scan-v4:latest"
 # The credentials are those baked into arminc/clair-db; they are not secrets of the user.
 DB_USER, DB_PASSWORD = "postgres", "password"
 
@@ -79,6 +90,8 @@ clair:
 
 @dataclass(frozen=True)
 class Settings:
+    api: str = "v2"
+    """Which Clair the appliance runs: v2 (arminc/clair-local-scan) or v4 (…-v4)."""
     db_image: str = DB_IMAGE
     clair_image: str = CLAIR_IMAGE
     pull: str = "missing"
@@ -118,6 +131,9 @@ class Backend:
     update_interval: float | None = None
     """Seconds between Clair's vulnerability updates (0: never); None if the appliance does not
     say (one started by an older clair-scan)."""
+    api: str = "v2"
+    health_url: str = ""
+    """Clair's health (v2) or introspection (v4) port."""
 
 
 class Progress:
@@ -348,18 +364,161 @@ def clair_problem(url: str) -> str | None:
     return None if namespaces else "no namespaces yet"
 
 
-def _put_config(container: Any, text: str) -> None:
-    """Write /config/config.yaml into the created container; unlike a bind mount this also works
-    when the engine runs on another host (docker-in-docker)."""
-    data = text.encode()
+# Clair v4 (CLAIR_V4_API.md). As arminc ships it, Clair 4.7.4's RHEL repository scanner downloads
+# Red Hat's repository-to-CPE mapping at start; offline that fails, and every index then fails
+# with 500, Alpine and Debian images too (§2.1). Local mapping files stop the download: stubs with
+# no entries cost only RHEL CPE detection, which the arminc data does not serve offline anyway.
+REPO2CPE = "repository-to-cpe.json"
+NAME2REPOS = "container-name-repos-map.json"
+_EMPTY_MAPPING = '{"data": {}}\n'
+V4_DEFAULT_UPDATE_INTERVAL = 6 * 3600.0
+"""Clair v4's own `matcher.period`, what `up --update --backend v4` asks for."""
+_NO_SUCH_MANIFEST = "sha256:" + "0" * 64
+
+
+def clair_config_v4(db: int, api: int, introspection: int, update_interval: float) -> dict[str, str]:
+    """The v4 appliance's files under /config: Clair's config and the scanners' local mapping
+    files. The three services share arminc's database (the connstring is arminc's, with our
+    port); migrations stay on, as arminc has them. Updaters are off (`disable_updaters`) unless
+    asked for; then `period` is the interval. No `airgap`: the mapping files are what an offline
+    index needs (airgap does not help, §2.1), and airgap would refuse a layer server on a
+    public --ip."""
+    connstring = (
+        f"host=postgres port={db} user={DB_USER} password={DB_PASSWORD}"
+        " sslmode=disable statement_timeout=60000"
+    )
+    matcher: dict[str, Any] = {"connstring": connstring, "migrations": True}
+    if update_interval > 0:
+        matcher["period"] = f"{round(update_interval)}s"
+    else:
+        matcher["disable_updaters"] = True
+    config = {
+        "http_listen_addr": f":{api}",
+        "introspection_addr": f":{introspection}",
+        "log_level": "info",
+        "indexer": {
+            "connstring": connstring,
+            "migrations": True,
+            "scanner": {
+                "repo": {
+                    "rhel-repository-scanner": {
+                        "repo2cpe_mapping_file": f"/config/{REPO2CPE}",
+                        "disable_api": True,
+                    }
+                },
+                "package": {
+                    "rhel_containerscanner": {"name2repos_mapping_file": f"/config/{NAME2REPOS}"},
+                    "java": {"disable_api": True},  # Maven search RPCs would time out offline
+                },
+            },
+        },
+        "matcher": matcher,
+        "notifier": {"connstring": connstring, "migrations": True},
+    }
+    import yaml
+
+    text = yaml.safe_dump(config, sort_keys=False)
+    return {"config.yaml": text, REPO2CPE: _EMPTY_MAPPING, NAME2REPOS: _EMPTY_MAPPING}
+
+
+def pg_problem(dsn: str) -> str | None:
+    """None once PostgreSQL accepts connections: Clair v4 exits at once when it cannot connect,
+    and migrates the schema itself, so the data is asked of Clair (`clair_v4_problem`)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        log.debug("database not ready: %s", first_line(exc))
+        return "not accepting connections"
+    return None
+
+
+def clair_v4_problem(url: str, introspection: str) -> str | None:
+    """None once Clair v4 says it is ready on its introspection port (services built, API bound)
+    and its matcher holds vulnerability data: it answers 202 to any vulnerability report while
+    its vulnerability table is empty, before looking the manifest up, and 404 for an unknown
+    manifest once it holds data (§4.1)."""
+    deadline = Deadline(3)
+    probe = ClairClient(introspection, retries=0)
+    try:
+        ready = probe.call("GET", "/readyz", deadline, ok=(200, 503))
+    except ClairError as exc:
+        return exc.message
+    finally:
+        probe.close()
+    if ready.status != 200:
+        return "/readyz answers 503"
+    client = ClairClient(url, retries=0)
+    try:
+        answer = client.call(
+            "GET", f"/matcher/api/v1/vulnerability_report/{_NO_SUCH_MANIFEST}", deadline, ok=(202, 404)
+        )
+    except ClairError as exc:
+        return exc.message
+    finally:
+        client.close()
+    return "no vulnerability data yet" if answer.status == 202 else None
+
+
+def _rfc3339(text: str) -> datetime | None:
+    """Go's RFC 3339 times (nanoseconds, `Z`), which datetime.fromisoformat reads only from 3.11 on."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", text.strip())
+    if match is None:
+        return None
+    stamp, fraction, zone = match.groups()
+    micro = (fraction or ".0")[1:7].ljust(6, "0")
+    return datetime.fromisoformat(f"{stamp}.{micro}{'+00:00' if zone == 'Z' else zone}").astimezone(
+        timezone.utc
+    )
+
+
+def update_operation_facts(url: str) -> DataFacts:
+    """When each updater last brought vulnerability data, from the matcher's update operations
+    (`internal/update_operation`, §4.3); the data's age is that of the newest."""
+    client = ClairClient(url, retries=1)
+    try:
+        answer = client.call(
+            "GET",
+            "/matcher/api/v1/internal/update_operation?kind=vulnerability&latest=true",
+            Deadline(10),
+            ok=(200,),
+        )
+        operations = json_object(answer)
+    except ClairError as exc:
+        return DataFacts(updating=None, problem=exc.message)
+    finally:
+        client.close()
+    updaters: list[tuple[str, datetime]] = []
+    for name, listed in sorted(operations.items()):
+        dates = [_rfc3339(str(op.get("date", ""))) for op in listed or [] if isinstance(op, dict)]
+        known = [d for d in dates if d is not None]
+        if known:
+            updaters.append((str(name), max(known)))
+    updated = max((d for _, d in updaters), default=None)
+    return DataFacts(updated=updated, updating=None, updaters=tuple(updaters))
+
+
+def _put_config(container: Any, files: dict[str, str]) -> None:
+    """Write the files (config.yaml and what it names) into /config of the created container;
+    unlike a bind mount this also works when the engine runs on another host (docker-in-docker)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo("config.yaml")
-        info.size = len(data)
-        info.mode = 0o644
-        info.mtime = int(time.time())
-        tar.addfile(info, io.BytesIO(data))
-    container.put_archive("/config", buffer.getvalue())
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    try:
+        container.put_archive("/config", buffer.getvalue())
+    except docker.errors.DockerException as exc:
+        raise BackendError(
+            f"cannot write Clair's config into {container.name}: {first_line(exc)}",
+            hint="is --clair-image a Clair image (it has a /config directory)?",
+        ) from None
 
 
 def _published(container: Any, port: str) -> int:
@@ -374,17 +533,20 @@ def start(client: Any, settings: Settings, progress: Progress, warm: bool = Fals
     """Bring the appliance up and wait until it is really ready. On any failure or interrupt,
     whatever this run created is removed before the error propagates; nothing else is. A warm
     appliance another run is creating at the same moment raises Conflict (see `ensure_warm`)."""
+    flavour = FLAVOURS[settings.api]
     mode = choose_network(client, settings.network)
     for ref in (settings.db_image, settings.clair_image):
         _ensure_image(client, ref, settings.pull, progress)
     owner = secrets.token_hex(6)
-    run = WARM if warm else owner[:8]
+    run = flavour.warm if warm else owner[:8]
     suffix = "" if warm else f"-{run}"
     host = service_host()
     remote = _docker_host() is not None
     deadline = time.monotonic() + settings.ready_timeout
     containers: list[Any] = []
     updates = {UPDATES: f"{settings.update_interval:g}"}
+    db_name, clair_name = f"{flavour.prefix}-db{suffix}", f"{flavour.prefix}-clair{suffix}"
+    api = {API: flavour.api}
     try:
         if mode == "host":
             db_port = settings.db_port or (5432 if remote else _free_port())
@@ -395,36 +557,39 @@ def start(client: Any, settings: Settings, progress: Progress, warm: bool = Fals
             ports = json.dumps({"api": api_port, "health": health_port, "db": db_port})
             db = _create(
                 "container",
-                f"clair-scan-db{suffix}",
+                db_name,
                 lambda: client.containers.create(
                     settings.db_image,
                     command=["postgres", "-p", str(db_port), "-c", f"listen_addresses={listen}"],
-                    name=f"clair-scan-db{suffix}",
+                    name=db_name,
                     network_mode="host",
-                    labels=_labels(run, owner, "db", **{NETWORK: network, PORTS: ports}),
+                    labels=_labels(run, owner, "db", **{NETWORK: network, PORTS: ports, **api}),
                 ),
             )
         else:
-            network = f"clair-scan{suffix}"
+            network = f"{flavour.prefix}{suffix}"
             _create(
                 "network",
                 network,
                 lambda: client.networks.create(
-                    network, driver="bridge", check_duplicate=True, labels=_labels(run, owner, "network")
+                    network,
+                    driver="bridge",
+                    check_duplicate=True,
+                    labels=_labels(run, owner, "network", **api),
                 ),
             )
             publish = "0.0.0.0" if remote else "127.0.0.1"
             endpoint = client.api.create_endpoint_config(aliases=["postgres"])
             db = _create(
                 "container",
-                f"clair-scan-db{suffix}",
+                db_name,
                 lambda: client.containers.create(
                     settings.db_image,
-                    name=f"clair-scan-db{suffix}",
+                    name=db_name,
                     network=network,
                     networking_config={network: endpoint},
                     ports={"5432/tcp": (publish, None)},
-                    labels=_labels(run, owner, "db", **{NETWORK: network}),
+                    labels=_labels(run, owner, "db", **{NETWORK: network, **api}),
                 ),
             )
         containers.append(db)
@@ -433,45 +598,63 @@ def start(client: Any, settings: Settings, progress: Progress, warm: bool = Fals
         if mode == "bridge":
             db_port = _published(db, "5432/tcp")
         dsn = _dsn(host, db_port)
-        _wait("PostgreSQL", lambda: db_problem(dsn), containers, deadline, settings.ready_timeout, progress)
+        _wait(
+            "PostgreSQL",
+            lambda: flavour.db_problem(dsn),
+            containers,
+            deadline,
+            settings.ready_timeout,
+            progress,
+        )
 
         if mode == "host":
             clair = _create(
                 "container",
-                f"clair-scan-clair{suffix}",
+                clair_name,
                 lambda: client.containers.create(
                     settings.clair_image,
-                    name=f"clair-scan-clair{suffix}",
+                    name=clair_name,
                     network_mode="host",
                     extra_hosts={"postgres": "127.0.0.1"},
-                    labels=_labels(run, owner, "clair", **{NETWORK: network, PORTS: ports, **updates}),
+                    labels=_labels(run, owner, "clair", **{NETWORK: network, PORTS: ports, **updates, **api}),
                 ),
             )
-            config = clair_config(db_port, api_port, health_port, settings.update_interval)
+            config = flavour.config(db_port, api_port, health_port, settings.update_interval)
         else:
+            inside = {
+                f"{flavour.api_port}/tcp": (publish, None),
+                f"{flavour.health_port}/tcp": (publish, None),
+            }
             clair = _create(
                 "container",
-                f"clair-scan-clair{suffix}",
+                clair_name,
                 lambda: client.containers.create(
                     settings.clair_image,
-                    name=f"clair-scan-clair{suffix}",
+                    name=clair_name,
                     network=network,
-                    ports={"6060/tcp": (publish, None), "6061/tcp": (publish, None)},
-                    labels=_labels(run, owner, "clair", **{NETWORK: network, **updates}),
+                    ports=inside,
+                    labels=_labels(run, owner, "clair", **{NETWORK: network, **updates, **api}),
                 ),
             )
-            # The image's own config would run the updater every 2 h.
-            config = clair_config(5432, 6060, 6061, settings.update_interval)
+            # The image's own config would run the updater (v2: every 2 h; v4: at every start).
+            config = flavour.config(5432, flavour.api_port, flavour.health_port, settings.update_interval)
         containers.append(clair)
         _put_config(clair, config)
         progress.status("backend", f"starting {settings.clair_image}")
         clair.start()
         if mode == "bridge":
-            api_port = _published(clair, "6060/tcp")
-            health_port = _published(clair, "6061/tcp")
-        url = f"http://{host}:{api_port}"
-        _wait("Clair", lambda: clair_problem(url), containers, deadline, settings.ready_timeout, progress)
-        return _backend(client, settings, run, owner, network, url, dsn, settings.update_interval)
+            api_port = _published(clair, f"{flavour.api_port}/tcp")
+            health_port = _published(clair, f"{flavour.health_port}/tcp")
+        url, health = f"http://{host}:{api_port}", f"http://{host}:{health_port}"
+        _wait(
+            "Clair",
+            lambda: flavour.clair_problem(url, health),
+            containers,
+            deadline,
+            settings.ready_timeout,
+            progress,
+        )
+        return _backend(client, settings, run, owner, network, url, dsn, settings.update_interval, health)
     except BaseException as exc:
         cleanup(client, owner, progress, interrupted=isinstance(exc, KeyboardInterrupt))
         raise
@@ -530,9 +713,10 @@ def _backend(
     url: str,
     dsn: str,
     update_interval: float | None,
+    health: str,
 ) -> Backend:
     ip, bind = _layer_address(settings, network, client)
-    return Backend(url, dsn, ip, bind, run, owner, network, update_interval)
+    return Backend(url, dsn, ip, bind, run, owner, network, update_interval, settings.api, health)
 
 
 def _running(client: Any, label: str) -> list[Any]:
@@ -549,7 +733,8 @@ _RESTART = "restart it with `clair-scan down && clair-scan up`"
 def _warm_problem(client: Any, settings: Settings) -> tuple[Backend | None, str | None]:
     """(the warm appliance, None) when it is ready; (None, None) when there is none; (None, why
     not yet) while it is being started. Raises when it is there but broken for good."""
-    roles = {c.labels.get(ROLE): c for c in _running(client, f"{RUN}={WARM}")}
+    flavour = FLAVOURS[settings.api]
+    roles = {c.labels.get(ROLE): c for c in _running(client, f"{RUN}={flavour.warm}")}
     if not roles:
         return None, None
     for container in roles.values():
@@ -572,18 +757,21 @@ def _warm_problem(client: Any, settings: Settings) -> tuple[Backend | None, str 
     try:
         if network == "host":
             ports = json.loads(clair.labels[PORTS])
-            api_port, db_port = int(ports["api"]), int(ports["db"])
+            api_port, health_port, db_port = int(ports["api"]), int(ports["health"]), int(ports["db"])
         else:
-            api_port, db_port = _published(clair, "6060/tcp"), _published(db, "5432/tcp")
+            api_port = _published(clair, f"{flavour.api_port}/tcp")
+            health_port = _published(clair, f"{flavour.health_port}/tcp")
+            db_port = _published(db, "5432/tcp")
     except (BackendError, docker.errors.DockerException, KeyError, ValueError):
         return None, "its ports are not published yet"
-    url = f"http://{host}:{api_port}"
-    problem = clair_problem(url)
+    url, health = f"http://{host}:{api_port}", f"http://{host}:{health_port}"
+    problem = flavour.clair_problem(url, health)
     if problem is not None:
         return None, f"Clair at {url}: {problem}"
     owner = clair.labels.get(OWNER, "")
     interval = float(clair.labels[UPDATES]) if UPDATES in clair.labels else None
-    return _backend(client, settings, WARM, owner, network, url, _dsn(host, db_port), interval), None
+    dsn = _dsn(host, db_port)
+    return _backend(client, settings, flavour.warm, owner, network, url, dsn, interval, health), None
 
 
 def _await_warm(client: Any, settings: Settings, progress: Progress, deadline: float) -> Backend | None:
@@ -651,11 +839,14 @@ def _remove_network(network: Any) -> bool:
     raise BackendError(f"network {network.name} still has containers attached after 10 s")
 
 
-def remove(client: Any, run: str | None = None, pending: list[str] | None = None) -> int:
+def remove(
+    client: Any, run: str | None = None, pending: list[str] | None = None, api: str | None = None
+) -> int:
     """Remove the containers (with their anonymous volumes) and networks of one run, or of all
-    runs. Returns how many objects this call removed. `pending` is kept up to date with the names
-    still to go, for a cleanup that reports on itself."""
-    return _remove_labelled(client, f"{RUN}={run}" if run else LABEL, pending)
+    runs (only the v2 or the v4 appliance's with `api`). Returns how many objects this call
+    removed. `pending` is kept up to date with the names still to go, for a cleanup that reports
+    on itself."""
+    return _remove_labelled(client, f"{RUN}={run}" if run else LABEL, pending, api)
 
 
 def _labelled(client: Any, label: str) -> tuple[list[Any], list[Any]]:
@@ -667,8 +858,13 @@ def _labelled(client: Any, label: str) -> tuple[list[Any], list[Any]]:
     return containers, networks
 
 
-def _remove_labelled(client: Any, label: str, pending: list[str] | None = None) -> int:
+def _remove_labelled(
+    client: Any, label: str, pending: list[str] | None = None, api: str | None = None
+) -> int:
     containers, networks = _labelled(client, label)
+    if api is not None:  # what carries no API label is v2's, made before v4 was
+        containers = [c for c in containers if c.labels.get(API, "v2") == api]
+        networks = [n for n in networks if (n.attrs.get("Labels") or {}).get(API, "v2") == api]
     pending = [] if pending is None else pending
     pending[:] = [c.name for c in containers] + [n.name for n in networks]
     removed = 0
@@ -793,10 +989,13 @@ class DataFacts:
     """(namespace, vulnerability count)."""
     updated: datetime | None = None
     """When Clair last finished an update; None if its database does not say."""
-    updating: bool = False
-    """Whether Clair's updater holds its lock now, i.e. an update is running."""
+    updating: bool | None = False
+    """Whether Clair's updater holds its lock now, i.e. an update is running; None: Clair v4
+    does not say."""
     problem: str | None = None
     """Why the database could not be read."""
+    updaters: tuple[tuple[str, datetime], ...] = ()
+    """Clair v4: (updater, when it last brought data)."""
 
 
 @dataclass(frozen=True)
@@ -820,8 +1019,9 @@ def status(client: Any, settings: Settings) -> Status:
         return Status(listed, clair_problem=str(exc))
     if warm is None:
         return Status(listed)
-    problem = clair_problem(warm.clair_url)
-    return Status(listed, warm.clair_url, problem, database_facts(warm.dsn), warm.update_interval)
+    flavour = FLAVOURS[warm.api]
+    problem = flavour.clair_problem(warm.clair_url, warm.health_url)
+    return Status(listed, warm.clair_url, problem, data_facts(warm), warm.update_interval)
 
 
 def database_facts(dsn: str) -> DataFacts:
@@ -848,6 +1048,75 @@ def database_facts(dsn: str) -> DataFacts:
         updated = datetime.fromtimestamp(int(str(last[0]).strip()), timezone.utc)
     counts = tuple((str(n), int(c)) for n, c in rows)
     return DataFacts(counts, updated, bool(lock and lock[0]))
+
+
+def data_facts(running: Backend) -> DataFacts:
+    """What the running appliance's Clair says about its vulnerability data and its age."""
+    return FLAVOURS[running.api].facts(running)
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """What differs between the v2 and the v4 appliance; everything else is shared."""
+
+    api: str
+    db_image: str
+    clair_image: str
+    prefix: str
+    """Container and network names start with it."""
+    warm: str
+    """The run label of the warm appliance (`clair-scan up`)."""
+    api_port: int
+    health_port: int
+    """Clair's ports inside its container on a bridge network."""
+    default_update_interval: float
+    """What a bare `up --update` asks for."""
+    config: Callable[[int, int, int, float], dict[str, str]]
+    """(db port, api port, health port, update interval) -> the files for /config."""
+    db_problem: Callable[[str], str | None]
+    clair_problem: Callable[[str, str], str | None]
+    """(api url, health url) -> None when Clair is ready and holds vulnerability data."""
+    facts: Callable[[Backend], DataFacts]
+
+
+FLAVOURS = {
+    "v2": Flavour(
+        "v2",
+        DB_IMAGE,
+        CLAIR_IMAGE,
+        "clair-scan",
+        WARM,
+        6060,
+        6061,
+        DEFAULT_UPDATE_INTERVAL,
+        lambda db, api, health, interval: {"config.yaml": clair_config(db, api, health, interval)},
+        db_problem,
+        lambda url, _health: clair_problem(url),
+        lambda running: database_facts(running.dsn),
+    ),
+    "v4": Flavour(
+        "v4",
+        DB_IMAGE_V4,
+        CLAIR_IMAGE_V4,
+        "clair-scan-v4",
+        "warm-v4",
+        8080,
+        8081,
+        V4_DEFAULT_UPDATE_INTERVAL,
+        clair_config_v4,
+        pg_problem,
+        clair_v4_problem,
+        lambda running: update_operation_facts(running.clair_url),
+    ),
+}
+
+
+def for_api(api: str) -> Flavour:
+    """The appliance for `--backend`; an unknown name is a usage error."""
+    try:
+        return FLAVOURS[api]
+    except KeyError:
+        raise UsageError(f"unknown --backend {api!r} (expected v2 or v4)") from None
 
 
 def bundle_save(client: Any, path: str, refs: list[str], progress: Progress | None = None) -> None:

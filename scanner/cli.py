@@ -49,7 +49,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
-    help="Scan container images for known vulnerabilities with Clair v2.",
+    help="Scan container images for known vulnerabilities with Clair (v2 or v4).",
 )
 bundle_app = typer.Typer(no_args_is_help=True, help="Move the backend images to hosts without a registry.")
 app.add_typer(bundle_app, name="bundle")
@@ -71,6 +71,11 @@ class Network(str, Enum):
     host = "host"
 
 
+class Api(str, Enum):
+    v2 = "v2"
+    v4 = "v4"
+
+
 def _version(value: bool) -> None:
     if value:
         from .terminal import output
@@ -86,7 +91,7 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
-    """Scan container images for known vulnerabilities with Clair v2."""
+    """Scan container images for known vulnerabilities with Clair (v2 or v4)."""
 
 
 def _finite(value: float | None) -> float | None:
@@ -97,14 +102,37 @@ def _finite(value: float | None) -> float | None:
 
 
 # Options shared by the commands that run the appliance, declared once.
-DbImage = Annotated[
-    str,
+BackendOpt = Annotated[
+    Api,
     typer.Option(
-        "--db-image", envvar="CLAIR_DB_IMAGE", help="Vulnerability database image.", metavar="IMAGE"
+        "--backend",
+        envvar="CLAIR_BACKEND",
+        help="The appliance's Clair: v2 (arminc/clair-db, arminc/clair-local-scan) or v4 "
+        "(arminc/clair-db-v4, arminc/clair-local-scan-v4).",
+        metavar="v2|v4",
+    ),
+]
+DbImage = Annotated[
+    str | None,
+    typer.Option(
+        "--db-image",
+        envvar="CLAIR_DB_IMAGE",
+        help="Vulnerability database image [default: arminc/clair-db:latest, or "
+        "arminc/clair-db-v4:latest with --backend v4].",
+        metavar="IMAGE",
+        show_default=False,
     ),
 ]
 ClairImage = Annotated[
-    str, typer.Option("--clair-image", envvar="CLAIR_IMAGE", help="Clair v2 image.", metavar="IMAGE")
+    str | None,
+    typer.Option(
+        "--clair-image",
+        envvar="CLAIR_IMAGE",
+        help="Clair image [default: arminc/clair-local-scan:latest, or "
+        "arminc/clair-local-scan-v4:latest with --backend v4].",
+        metavar="IMAGE",
+        show_default=False,
+    ),
 ]
 PullOpt = Annotated[
     Pull,
@@ -163,8 +191,9 @@ LogOpt = Annotated[
 
 
 def _backend_settings(
-    db_image: str,
-    clair_image: str,
+    api: Api,
+    db_image: str | None,
+    clair_image: str | None,
     pull: Pull,
     network: Network | None,
     db_port: int | None,
@@ -175,9 +204,11 @@ def _backend_settings(
 ) -> Any:
     from . import backend
 
+    flavour = backend.for_api(api.value)
     return backend.Settings(
-        db_image=db_image,
-        clair_image=clair_image,
+        api=flavour.api,
+        db_image=db_image or flavour.db_image,
+        clair_image=clair_image or flavour.clair_image,
         pull=pull.value,
         network=network.value if network else None,
         db_port=db_port,
@@ -345,7 +376,7 @@ def scan(
         typer.Option(
             "--clair",
             envvar="CLAIR_ADDR",
-            help="Use this running Clair v2 instead of starting the local appliance.",
+            help="Use this running Clair (v2 or v4, told apart by itself) instead of the local appliance.",
             metavar="URL",
         ),
     ] = None,
@@ -446,8 +477,9 @@ def scan(
         ),
     ] = None,
     log_file: LogOpt = None,
-    db_image: DbImage = "arminc/clair-db:latest",
-    clair_image: ClairImage = "arminc/clair-local-scan:latest",
+    api: BackendOpt = Api.v2,
+    db_image: DbImage = None,
+    clair_image: ClairImage = None,
     pull: PullOpt = Pull.missing,
     network: NetworkOpt = None,
     db_port: DbPort = None,
@@ -483,7 +515,7 @@ def scan(
 
     def backend_settings() -> Any:
         return _backend_settings(
-            db_image, clair_image, pull, network, db_port, clair_port, ready_timeout, ip, bind
+            api, db_image, clair_image, pull, network, db_port, clair_port, ready_timeout, ip, bind
         )
 
     def work() -> int:
@@ -577,7 +609,7 @@ def _scan(
 
             settings = dataclasses.replace(settings, ip=settings.ip or route_address(clair_url))
             if max_db_age is not None:
-                raise UsageError("--max-db-age needs the local appliance (it reads Clair's database)")
+                _check_running_clair_age(clair_url, max_db_age, allow_unknown_age, terminal)
         else:
             from . import backend
             from .sources import engine
@@ -588,22 +620,31 @@ def _scan(
             clair_url = running.clair_url
             settings = dataclasses.replace(settings, ip=running.layer_ip, bind=running.layer_bind)
             if max_db_age is not None:
-                _check_age(running.dsn, max_db_age, allow_unknown_age, terminal)
+                _check_age(backend.data_facts(running), max_db_age, allow_unknown_age, terminal)
             if any(o.format == "html" for o in outputs):  # the page shows the data's age
-                from .backend import database_facts
-
-                settings = dataclasses.replace(settings, data_updated=database_facts(running.dsn).updated)
+                settings = dataclasses.replace(settings, data_updated=backend.data_facts(running).updated)
         outcomes = pipeline.run(targets, clair_url, settings, plan.write_image, progress, jobs)
     return _show(terminal, outcomes, plan)
 
 
-def _check_age(dsn: str, max_days: float, allow_unknown: bool, terminal: Any) -> None:
-    from . import backend
+def _check_running_clair_age(url: str, max_days: float, allow_unknown: bool, terminal: Any) -> None:
+    """--max-db-age with --clair: a Clair v4 tells its data's age through its API (the matcher's
+    update operations); a Clair v2 only through its database, which --clair does not reach."""
+    from .backend import update_operation_facts
+    from .clairv4 import detect
 
-    facts = backend.database_facts(dsn)
+    if detect(url) != "v4":
+        raise UsageError(
+            "--max-db-age with --clair needs a Clair v4: a Clair v2 keeps the data's age in its database",
+            hint="leave --clair out to use the local appliance, which reads it there",
+        )
+    _check_age(update_operation_facts(url), max_days, allow_unknown, terminal)
+
+
+def _check_age(facts: Any, max_days: float, allow_unknown: bool, terminal: Any) -> None:
     updated = facts.updated
     if updated is None:
-        why = f"the age of the vulnerability data is unknown ({facts.problem or 'no updater/last record'})"
+        why = f"the age of the vulnerability data is unknown ({facts.problem or _no_age_record(facts)})"
         if not allow_unknown:
             raise BackendError(why, hint="--allow-unknown-db-age scans anyway")
         terminal.warn(why)
@@ -614,6 +655,10 @@ def _check_age(dsn: str, max_days: float, allow_unknown: bool, terminal: Any) ->
             f"the vulnerability data is {days:.1f} days old, more than --max-db-age {max_days:g}",
             hint="pull a newer clair-db image",
         )
+
+
+def _no_age_record(facts: Any) -> str:
+    return "no updater/last record" if facts.updating is not None else "no update operation"
 
 
 def _show(terminal: Any, outcomes: list[Any], plan: formats.Plan) -> int:
@@ -662,15 +707,19 @@ def _show(terminal: Any, outcomes: list[Any], plan: formats.Plan) -> int:
 
 @app.command()
 def up(
-    db_image: DbImage = "arminc/clair-db:latest",
-    clair_image: ClairImage = "arminc/clair-local-scan:latest",
+    api: BackendOpt = Api.v2,
+    db_image: DbImage = None,
+    clair_image: ClairImage = None,
     pull: PullOpt = Pull.missing,
     network: NetworkOpt = None,
     db_port: DbPort = None,
     clair_port: ClairPort = None,
     ready_timeout: ReadyTimeout = 180.0,
     update: Annotated[
-        bool, typer.Option("--update", help="Let Clair update its vulnerability data (every 2 h).")
+        bool,
+        typer.Option(
+            "--update", help="Let Clair update its vulnerability data (every 2 h; Clair v4: every 6 h)."
+        ),
     ] = False,
     update_interval: Annotated[
         str | None,
@@ -696,10 +745,16 @@ def up(
         from .sources import engine as image
         from .terminal import Terminal, describe_updates
 
-        interval = _update_interval(update, update_interval)
+        flavour = backend.for_api(api.value)
+        interval = _update_interval(update, update_interval, flavour.default_update_interval)
+        if flavour.api == "v4" and 0 < interval < 60:
+            raise UsageError(
+                f"--update-interval {update_interval} is too short for Clair v4, which would update every 6h"
+                " instead: give 1m or more"
+            )
         terminal = Terminal()
         settings = dataclasses.replace(
-            _backend_settings(db_image, clair_image, pull, network, db_port, clair_port, ready_timeout),
+            _backend_settings(api, db_image, clair_image, pull, network, db_port, clair_port, ready_timeout),
             update_interval=interval,
         )
         client = image.connect()
@@ -720,12 +775,13 @@ def up(
     _guarded(work, log_file)
 
 
-def _update_interval(update: bool, text: str | None) -> float:
-    """Seconds between Clair's updates: 0 unless asked, 2 h for a bare --update."""
+def _update_interval(update: bool, text: str | None, default: float | None = None) -> float:
+    """Seconds between Clair's updates: 0 unless asked, `default` (Clair v2's 2 h unless given)
+    for a bare --update."""
     from .backend import DEFAULT_UPDATE_INTERVAL
 
     if text is None:
-        return DEFAULT_UPDATE_INTERVAL if update else 0.0
+        return (DEFAULT_UPDATE_INTERVAL if default is None else default) if update else 0.0
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     given = text.strip()
     parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", given)
@@ -736,7 +792,19 @@ def _update_interval(update: bool, text: str | None) -> float:
 
 
 @app.command()
-def down(log_file: LogOpt = None) -> None:
+def down(
+    api: Annotated[
+        Api | None,
+        typer.Option(
+            "--backend",
+            envvar="CLAIR_BACKEND",
+            help="Remove only the v2 or the v4 appliance [default: both].",
+            metavar="v2|v4",
+            show_default=False,
+        ),
+    ] = None,
+    log_file: LogOpt = None,
+) -> None:
     """Remove the appliance and anything a killed run left behind."""
 
     def work() -> int:
@@ -744,7 +812,7 @@ def down(log_file: LogOpt = None) -> None:
         from .sources import engine as image
         from .terminal import Terminal
 
-        removed = backend.remove(image.connect())
+        removed = backend.remove(image.connect(), api=api.value if api else None)
         Terminal().info(f"removed {removed} container(s) and network(s)" if removed else "nothing to remove")
         return OK
 
@@ -767,6 +835,7 @@ def status(
         bool, typer.Option("--fail-on-old-db", help="Exit 3 when the data is older than --max-db-age.")
     ] = False,
     allow_unknown_age: AllowUnknownAge = False,
+    api: BackendOpt = Api.v2,
     log_file: LogOpt = None,
 ) -> None:
     """Show the appliance's containers, whether Clair answers, the vulnerability data's age and
@@ -778,7 +847,7 @@ def status(
         from .terminal import Terminal
 
         terminal = Terminal()
-        state = backend.status(image.connect(), backend.Settings())
+        state = backend.status(image.connect(), backend.Settings(api=backend.for_api(api.value).api))
         return terminal.status(state, max_db_age, fail, fail and not allow_unknown_age)
 
     _guarded(work, log_file)
@@ -787,8 +856,9 @@ def status(
 @bundle_app.command("save")
 def bundle_save(
     path: Annotated[str, typer.Argument(metavar="FILE", help="Tarball to write.")],
-    db_image: DbImage = "arminc/clair-db:latest",
-    clair_image: ClairImage = "arminc/clair-local-scan:latest",
+    api: BackendOpt = Api.v2,
+    db_image: DbImage = None,
+    clair_image: ClairImage = None,
     log_file: LogOpt = None,
 ) -> None:
     """Write both backend images into one tarball (pulling them if needed)."""
@@ -798,10 +868,12 @@ def bundle_save(
         from .sources import engine as image
         from .terminal import Terminal
 
+        flavour = backend.for_api(api.value)
+        refs = [db_image or flavour.db_image, clair_image or flavour.clair_image]
         terminal = Terminal()
         with terminal.progress() as progress:
-            backend.bundle_save(image.connect(), path, [db_image, clair_image], progress)
-        terminal.info(f"wrote {db_image} and {clair_image} to {path}")
+            backend.bundle_save(image.connect(), path, refs, progress)
+        terminal.info(f"wrote {refs[0]} and {refs[1]} to {path}")
         return OK
 
     _guarded(work, log_file)
@@ -810,6 +882,16 @@ def bundle_save(
 @bundle_app.command("load")
 def bundle_load(
     path: Annotated[str, typer.Argument(metavar="FILE", help="Tarball written by `bundle save`.")],
+    api: Annotated[
+        Api | None,
+        typer.Option(
+            "--backend",
+            envvar="CLAIR_BACKEND",
+            help="Warn unless the bundle holds this appliance's default images.",
+            metavar="v2|v4",
+            show_default=False,
+        ),
+    ] = None,
     log_file: LogOpt = None,
 ) -> None:
     """Load the backend images from a tarball on a host with no network."""
@@ -823,6 +905,14 @@ def bundle_load(
         with terminal.progress() as progress:
             tags = backend.bundle_load(image.connect(), path, progress)
         terminal.info("loaded " + (", ".join(tags) if tags else "images without tags"))
+        if api is not None:
+            flavour = backend.for_api(api.value)
+            missing = [ref for ref in (flavour.db_image, flavour.clair_image) if ref not in tags]
+            if missing:
+                terminal.warn(
+                    f"the bundle lacks the {flavour.api} appliance's {' and '.join(missing)}:"
+                    " give the images it holds with --db-image and --clair-image"
+                )
         return OK
 
     _guarded(work, log_file)

@@ -40,7 +40,7 @@ VALUE_OPTIONS = frozenset(
         "--archive", "--clair", "--ip", "--bind", "--port", "--clair-timeout", "--whitelist", "-w",
         "--threshold", "-t", "--report", "-r", "--format", "--log", "-l", "--db-image",
         "--clair-image", "--pull", "--network", "--db-port", "--clair-port", "--ready-timeout",
-        "--max-db-age", "--platform", "--output", "-o", "--jobs", "-j",
+        "--max-db-age", "--platform", "--output", "-o", "--jobs", "-j", "--backend",
     }
 )  # fmt: skip
 FLAG_OPTIONS = frozenset(

@@ -302,16 +302,26 @@ class Terminal:
             self.warn(f"cannot read Clair's database: {data.problem}")
             return 3
         counts = Table(title="Vulnerability data")
-        counts.add_column("Namespace")
-        counts.add_column("Vulnerabilities", justify="right")
-        for namespace, count in data.vulnerabilities:
-            counts.add_row(Text(namespace), str(count))
+        if data.updating is None:  # Clair v4: its updaters and when each last brought data
+            counts.add_column("Updater")
+            counts.add_column("Updated", justify="right")
+            for updater, when in data.updaters:
+                counts.add_row(Text(updater), f"{when:%Y-%m-%d %H:%M} UTC")
+        else:
+            counts.add_column("Namespace")
+            counts.add_column("Vulnerabilities", justify="right")
+            for namespace, count in data.vulnerabilities:
+                counts.add_row(Text(namespace), str(count))
         self.out.print(counts)
         setting = "unknown" if state.update_interval is None else describe_updates(state.update_interval)
-        running = "an update is running now" if data.updating else "no update is running"
-        self.out.print(Text(f"Clair's updater: {setting}; {running}"))
+        if data.updating is None:
+            self.out.print(Text(f"Clair's updater: {setting}"))
+        else:
+            running = "an update is running now" if data.updating else "no update is running"
+            self.out.print(Text(f"Clair's updater: {setting}; {running}"))
         if data.updated is None:
-            self.warn("the age of the vulnerability data is unknown (no updater/last record)")
+            record = "no updater/last record" if data.updating is not None else "no update operation"
+            self.warn(f"the age of the vulnerability data is unknown ({record})")
             return 3 if fail_on_unknown else 0
         days = (datetime.now(timezone.utc) - data.updated).total_seconds() / 86400
         self.out.print(

@@ -5,6 +5,14 @@ debootstrap: the db image is real PostgreSQL 15 holding Clair v2.1.8's schema an
 vulnerability data (user postgres / password password, `updater/last` set); the Clair image runs
 the Clair simulator, reads /config/config.yaml pointing at host `postgres`, serves 6060 and 6061.
 
+The v4 pair (arminc/clair-db-v4, arminc/clair-local-scan-v4, see ../shared/CLAIR_V4_API.md §1.1):
+the db stand-in is the same PostgreSQL with the same data, which is how the Clair v4 simulator
+reads vulnerability data (Clair's own v4 schema is its business: clair-scan asks Clair's API, not
+its tables); the Clair stand-in runs `python -m clairsim4 -mode combo -conf /config/config.yaml`
+as user nobody, with arminc's shipped v4 config in the declared volume /config, and reads that
+file as Clair 4.7.4 does (ports, connection strings, updaters, the RHEL scanner's CPE mapping:
+as shipped, it has none and no network to fetch it, so every index fails with 500).
+
 Images are cached by tag; the tag carries a hash of everything that goes into them, so a change to
 the simulator or the data rebuilds them. Run `python tests/standin.py` to build them by hand.
 """
@@ -90,6 +98,42 @@ clair:
   notifier:
     attempts: 3
     renotifyinterval: 2h
+"""
+
+
+CLAIR_V4_DOCKERFILE = """\
+FROM {base}
+COPY clairsim /opt/clairsim/clairsim
+COPY clairsim4 /opt/clairsim/clairsim4
+COPY config.yaml /config/config.yaml
+WORKDIR /opt/clairsim
+ENV PYTHONDONTWRITEBYTECODE=1
+USER nobody
+VOLUME /config
+EXPOSE 8080 8081
+ENTRYPOINT ["python3", "-m", "clairsim4"]
+CMD ["-mode", "combo", "-conf", "/config/config.yaml"]
+"""
+
+# arminc/clair-local-scan-v4's shipped config (arminc:clair/v4/config.yaml, CLAIR_V4_API.md §1.1).
+CLAIR_V4_CONFIG = """\
+http_listen_addr: ":8080"
+introspection_addr: ":8081"
+log_level: debug
+indexer:
+  connstring: host=postgres port=5432 user=postgres password=password sslmode=disable statement_timeout=60000
+  scanlock_retry: 10
+  layer_scan_concurrency: 5
+  migrations: true
+  max_conn_pool: 100
+matcher:
+  connstring: host=postgres port=5432 user=postgres password=password sslmode=disable statement_timeout=60000
+  max_conn_pool: 100
+  migrations: true
+matchers: {{}}
+notifier:
+  connstring: host=postgres port=5432 user=postgres password=password sslmode=disable statement_timeout=60000
+  migrations: true
 """
 
 
@@ -209,6 +253,26 @@ def clair_feed_image(fetch_seconds: int = 0) -> str:
     return _build(f"clair-local-scan-feed{fetch_seconds}", {"Dockerfile": dockerfile, "feed.json": feed})
 
 
+def db_v4_image() -> str:
+    """arminc/clair-db-v4's stand-in: the db stand-in's PostgreSQL and data (PGDATA
+    /var/lib/postgresql/clair, password `password`, as arminc's)."""
+    dockerfile = f"FROM {db_image()}\nLABEL org.opencontainers.image.title=clair-db-v4-standin\n"
+    return _build("clair-db-v4", {"Dockerfile": dockerfile})
+
+
+def clair_v4_image() -> str:
+    base = base_image()
+    return _build(
+        "clair-local-scan-v4",
+        {
+            "Dockerfile": CLAIR_V4_DOCKERFILE.format(base=base),
+            "config.yaml": CLAIR_V4_CONFIG.format(),
+            "clairsim": HERE / "clairsim",
+            "clairsim4": HERE / "clairsim4",
+        },
+    )
+
+
 if __name__ == "__main__":
-    print(db_image(), clair_image(), sep="\n")
+    print(db_image(), clair_image(), db_v4_image(), clair_v4_image(), sep="\n")
     sys.exit(0)

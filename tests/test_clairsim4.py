@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 
 import clairsim
+import standin
 from clairsim4 import CVSS_ENRICHMENT, ClairV4Simulator
 from conftest import DATA, debian_image_layers
 from imagebuild import ApkPackage, alpine_files, write_layer
@@ -702,3 +703,151 @@ def test_vulnerability_data_from_postgresql_gives_the_same_report(database, debi
         }
 
     assert named(from_db) == named(in_memory) and len(named(from_db)) == 8
+
+
+# --- the config file (§1.1, §2, §2.1) -----------------------------------------------------------
+
+ARMINC_CONFIG = standin.CLAIR_V4_CONFIG.format()  # arminc/clair-local-scan-v4's shipped config
+SHIPPED_DSN = (
+    "host=postgres port=5432 user=postgres password=password sslmode=disable statement_timeout=60000"
+)
+
+
+def test_the_config_file_is_read_as_clair_reads_it(tmp_path):
+    """§1.1/§2: arminc's config gives ports 8080/8081, every updater set, and no RHEL mapping
+    (so every scan will fail offline); unknown keys and `.yml` are fatal; `disable_updaters`
+    runs no set; a period under a minute becomes 6h."""
+    from clairsim4 import config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(ARMINC_CONFIG)
+    arminc = config.load(str(path))
+    assert (arminc.api_port, arminc.introspection_port) == (8080, 8081)
+    assert arminc.update_sets == config.ALL_SETS and arminc.period == 6 * 3600
+    assert "statement_timeout=60000" in arminc.connstrings["notifier"]
+    assert config.rhel_mapping_problem(arminc) == config.MAPPING_FAILURE
+
+    path.write_text(ARMINC_CONFIG + "airgapped: true\n")
+    with pytest.raises(config.ConfigError, match="unknown field 'airgapped'"):
+        config.load(str(path))
+    (tmp_path / "config.yml").write_text(ARMINC_CONFIG)
+    with pytest.raises(config.ConfigError, match="extension"):
+        config.load(str(tmp_path / "config.yml"))
+
+    path.write_text(
+        ARMINC_CONFIG.replace("  max_conn_pool: 100\n  migrations", "  period: 30s\n  migrations")
+    )
+    assert config.load(str(path)).period == 6 * 3600
+    mapping = tmp_path / "repository-to-cpe.json"
+    path.write_text(
+        ARMINC_CONFIG.replace(
+            "  migrations: true\n  max_conn_pool: 100\nmatcher:",
+            "  migrations: true\n  scanner:\n    repo:\n      rhel-repository-scanner:\n"
+            f"        repo2cpe_mapping_file: {mapping}\nmatcher:\n  disable_updaters: true",
+        )
+    )
+    fixed = config.load(str(path))
+    assert fixed.update_sets == ()
+    assert config.rhel_mapping_problem(fixed) == config.MAPPING_FAILURE  # named, but not there
+    mapping.write_bytes(gzip.compress(b'{"data": {}}'))
+    assert config.rhel_mapping_problem(fixed) is None
+
+
+def test_scanner_generated_config_passes_clairs_checks(tmp_path):
+    """The appliance's generated v4 config has only keys Clair knows, and names mapping files."""
+    from clairsim4 import config
+    from scanner.backend import clair_config_v4
+
+    files = clair_config_v4(5432, 8080, 8081, 0)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text.replace("/config/", f"{tmp_path}/"))
+    loaded = config.load(str(tmp_path / "config.yaml"))
+    assert loaded.update_sets == () and config.rhel_mapping_problem(loaded) is None
+    files = clair_config_v4(5432, 8080, 8081, 5400)
+    (tmp_path / "config.yaml").write_text(files["config.yaml"])
+    updating = config.load(str(tmp_path / "config.yaml"))
+    assert updating.update_sets == config.ALL_SETS and updating.period == 5400
+
+
+def test_without_the_rhel_mapping_every_index_fails(sim, debian, host):
+    """§2.1: the RHEL repository scanner without its mapping fails every layer scan: 500
+    `failed to start scan: failed to scan all layer contents: rhel: …`, the report in IndexError."""
+    from clairsim4.config import MAPPING_FAILURE
+
+    sim.indexer.scanner_failure = MAPPING_FAILURE
+    body = manifest(debian)
+    answer = call(sim, "POST", "/indexer/api/v1/index_report", body)
+    assert answer.status == 500
+    assert answer.json() == {
+        "code": "internal-error",
+        "message": f"failed to start scan: failed to scan all layer contents: {MAPPING_FAILURE}",
+    }
+    stored = call(sim, "GET", f"/indexer/api/v1/index_report/{body['hash']}").json()
+    assert stored["state"] == "IndexError" and MAPPING_FAILURE in stored["err"]
+    sim.indexer.scanner_failure = None
+    assert call(sim, "POST", "/indexer/api/v1/index_report", body).status == 201
+
+
+def _conf_process(path: Path) -> subprocess.Popen[str]:
+    tests = Path(__file__).resolve().parent
+    return subprocess.Popen(
+        [sys.executable, "-m", "clairsim4", "-mode", "combo", "-conf", str(path)],
+        cwd=tests,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tests)},
+    )
+
+
+def test_runs_from_its_config_file_and_exits_when_the_database_is_unreachable(
+    database,  # noqa: F811
+    tmp_path,
+):
+    """§1: `-conf FILE -mode combo` serves the ports the file names and becomes ready once its
+    database is open; a database it cannot reach ends it with status 1 and a JSON error line."""
+    import socket
+
+    from clairsim.seed import seed
+
+    seed(database, DATA)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    text = ARMINC_CONFIG.replace(":8080", f":{ports[0]}").replace(":8081", f":{ports[1]}")
+    dsn = database  # statement_timeout=60000 stays after it: a runtime parameter, as pgx takes it
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        text.replace(
+            "host=postgres port=5432 user=postgres password=password sslmode=disable statement_timeout=60000",
+            dsn,
+        )
+    )
+    process = _conf_process(path)
+    try:
+        for _ in range(300):
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", ports[1], timeout=5)
+                connection.request("GET", "/readyz")
+                if connection.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None, process.communicate()
+            threading.Event().wait(0.1)
+        connection = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=5)
+        connection.request("GET", "/matcher/api/v1/vulnerability_report/sha256:" + "1" * 64)
+        assert connection.getresponse().status == 404  # data: an unknown manifest is not found
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert "unable to fetch mapping file" in (process.stderr.read() if process.stderr else "")
+
+    path.write_text(text)  # host `postgres` resolves nowhere here
+    process = _conf_process(path)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    line = json.loads(err.strip().splitlines()[-1])
+    assert line["level"] == "error" and "could not open database" in line["error"]

@@ -300,6 +300,9 @@ class Indexer:
         self.ids = ids
         self.on_download = on_download
         self.state = indexer_state
+        self.scanner_failure: str | None = None
+        """Set when a scanner could not be configured (the RHEL repository scanner without its
+        CPE mapping, §2.1): every layer scan then fails with this error."""
         self.reports: dict[str, IndexRecord] = {}
         self._layers: dict[tuple[str, str], LayerScan] = {}  # (indexer state, digest) -> scan
         self._lock = threading.RLock()
@@ -355,6 +358,7 @@ class Indexer:
             }
         wanted = list({layer.hash: layer for layer in manifest.layers if layer.hash not in scans}.values())
         errors: list[str] = []
+        scan_errors: list[str] = []  # after every fetch: a fetch error is reported first
         not_tar = False
 
         def one(layer: LayerSpec) -> None:
@@ -369,6 +373,9 @@ class Indexer:
                     errors.append(f"error realizing layer {layer.hash}: {err}")
                     return
                 record.state = "ScanLayers"
+                if self.scanner_failure is not None:
+                    scan_errors.append(self.scanner_failure)
+                    return
                 try:
                     scans[layer.hash] = scan_layer(path)
                 except _NotATar:
@@ -382,6 +389,8 @@ class Indexer:
             if not_tar:
                 raise IndexFailure("failed to scan all layer contents: " + "\n".join(errors), status=400)
             raise IndexFailure("failed to fetch layers: fetcher: encountered errors: " + "\n".join(errors))
+        if scan_errors:
+            raise IndexFailure("failed to scan all layer contents: " + scan_errors[0])
         with self._lock:
             for layer in wanted:
                 self._layers[(state, layer.hash)] = scans[layer.hash]

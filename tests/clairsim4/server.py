@@ -122,6 +122,8 @@ class ClairV4Simulator:
         self.indexer = Indexer(self.ids, self._record_download, self.state_for(SCANNERS))
         self.log_stream = log_stream
         self._introspection_port = introspection_port
+        self.ready = True
+        """What /readyz reports; Clair calls health.Ready() once its services are up (§1)."""
         self._server: _Server | None = None
         self._introspection: _Server | None = None
         self._threads: list[threading.Thread] = []
@@ -172,7 +174,7 @@ class ClairV4Simulator:
 
     def introspect(self, method: str, path: str) -> Answer:
         """The introspection port (§1): /healthz always "ok", /readyz empty 200 once serving
-        (503 until then in Clair), /metrics a small Prometheus text; only GET."""
+        (503 until `ready`), /metrics a small Prometheus text; only GET."""
         if path not in ("/healthz", "/readyz", "/metrics"):
             return _not_found_page()
         if method != "GET":
@@ -180,7 +182,7 @@ class ClairV4Simulator:
         if path == "/healthz":
             return Answer(200, b"ok", [("Content-Type", SNIFFED_TEXT)], api=False)
         if path == "/readyz":
-            return Answer(200, b"", api=False)
+            return Answer(200 if self.ready else 503, b"", api=False)
         text = f"clairsim4_index_reports {len(self.indexer.reports)}\n".encode()
         return Answer(200, text, [("Content-Type", "text/plain; version=0.0.4")], api=False)
 
