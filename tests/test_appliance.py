@@ -313,7 +313,7 @@ def test_up_racing_scans_that_keep_or_reuse_the_appliance(
     images, clean_engine, load_image, tmp_path, private_tmp
 ):
     image = load_image(debian_image_layers())
-    scan = ["scan", image.tag, "--format", "json", "--no-report", *_backend(images)]
+    scan = ["scan", "--per-layer", image.tag, "--format", "json", "--no-report", *_backend(images)]
     racing = [["up", *_backend(images)], [*scan, "--keep"], scan]
     processes = [start_process(args, tmp_path, private_tmp) for args in racing]
     (up_code, _, up_err), *scans = _finish(processes)

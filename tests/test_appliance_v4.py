@@ -75,7 +75,7 @@ def test_scan_through_the_v4_appliance_leaves_nothing(
 ):
     image = load_image(debian_image_layers())
     result = run_process(
-        ["scan", image.tag, "--format", "json", *_backend(images_v4)],
+        ["scan", "--per-layer", image.tag, "--format", "json", *_backend(images_v4)],
         env={"TMPDIR": str(private_tmp)},
         cwd=tmp_path,
     )
@@ -164,7 +164,7 @@ def test_the_generated_config_is_what_lets_clair_index_offline(
         other.start()
         _wait_ready(f"http://127.0.0.1:{introspection_port}")
 
-        args = ["scan", image.tag, "--ip", "127.0.0.1", "--format", "json", "--no-report"]
+        args = ["scan", "--per-layer", image.tag, "--ip", "127.0.0.1", "--format", "json", "--no-report"]
         failed = run_process([*args, "--clair", f"http://127.0.0.1:{api_port}"], cwd=tmp_path)
         assert failed.code == 3, failed.stderr
         assert MAPPING_ERROR in failed.stderr and "Traceback" not in failed.stderr
@@ -204,18 +204,20 @@ def test_up_status_scan_down_v4(images_v4, clean_engine, load_image, tmp_path):
     assert run_cli(["status"]).code == 3  # no v2 appliance is running
 
     env = {"CLAIR_BACKEND": "v4"}
-    first = run_process(["scan", image.tag, "--format", "json"], env=env, cwd=tmp_path)
+    first = run_process(["scan", "--per-layer", image.tag, "--format", "json"], env=env, cwd=tmp_path)
     assert first.code == 1, first.stderr
     assert _rows(first.stdout) == V4_EXPECTED
     assert json.loads(first.stdout)["images"][0]["layers_sent"] == 3
-    rescan = run_process(["scan", image.tag, "--format", "json"], env=env, cwd=tmp_path)
+    rescan = run_process(["scan", "--per-layer", image.tag, "--format", "json"], env=env, cwd=tmp_path)
     assert rescan.code == 1
     assert json.loads(rescan.stdout)["images"][0]["layers_sent"] == 0
     assert _rows(rescan.stdout) == V4_EXPECTED
 
-    stale = run_process(["scan", image.tag, "--max-db-age", "30"], env=env, cwd=tmp_path)
+    stale = run_process(["scan", "--per-layer", image.tag, "--max-db-age", "30"], env=env, cwd=tmp_path)
     assert stale.code == 3 and "days old, more than --max-db-age 30" in stale.stderr
-    fresh_enough = run_process(["scan", image.tag, "--max-db-age", "36500"], env=env, cwd=tmp_path)
+    fresh_enough = run_process(
+        ["scan", "--per-layer", image.tag, "--max-db-age", "36500"], env=env, cwd=tmp_path
+    )
     assert fresh_enough.code == 1, fresh_enough.stderr
     assert "using the running appliance at http://127.0.0.1:" in fresh_enough.stderr
 
@@ -225,7 +227,17 @@ def test_up_status_scan_down_v4(images_v4, clean_engine, load_image, tmp_path):
     warm = backend.find_warm(docker.from_env(), backend.Settings(api="v4"))
     assert warm is not None and warm.api == "v4"
     direct = run_process(
-        ["scan", image.tag, "--clair", warm.clair_url, "--ip", "127.0.0.1", "--max-db-age", "30"],
+        [
+            "scan",
+            "--per-layer",
+            image.tag,
+            "--clair",
+            warm.clair_url,
+            "--ip",
+            "127.0.0.1",
+            "--max-db-age",
+            "30",
+        ],
         cwd=tmp_path,
     )
     assert direct.code == 3 and "days old, more than --max-db-age 30" in direct.stderr
@@ -305,7 +317,7 @@ def test_an_unknown_backend_is_a_usage_error():
 def test_max_db_age_with_a_running_clair_v2_is_a_usage_error(clair, load_image, tmp_path):
     """A Clair v2 keeps its data's age in its database only, which --clair does not reach."""
     image = load_image(debian_image_layers())
-    args = ["scan", image.tag, "--clair", clair.url, "--ip", "127.0.0.1", "--max-db-age", "30"]
+    args = ["scan", "--per-layer", image.tag, "--clair", clair.url, "--ip", "127.0.0.1", "--max-db-age", "30"]
     result = run_process(args, cwd=tmp_path)
     assert result.code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
