@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -957,8 +957,8 @@ def run(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def main() -> int:
-    args = parse_args(sys.argv[1:])
+def print_report(run: Callable[[argparse.Namespace], list[str]], args: argparse.Namespace) -> int:
+    """Run a benchmark and print its report; every benchmark script ends the same way."""
     try:
         lines = run(args)
     except KeyboardInterrupt:
@@ -969,6 +969,10 @@ def main() -> int:
         return 1
     print("\n".join(lines))
     return 0
+
+
+def main() -> int:
+    return print_report(run, parse_args(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from typing import Any
 
 import docker
 import docker.errors
-import requests
 
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
@@ -44,6 +43,7 @@ from bench import (  # noqa: E402
     filler_layer,
     install_scanner,
     machine,
+    print_report,
     progress,
     settle,
     table,
@@ -187,16 +187,7 @@ def run(args: argparse.Namespace) -> list[str]:
 
 def main() -> int:
     args = parse_args(sys.argv[1:])
-    try:
-        lines = run(args)
-    except KeyboardInterrupt:
-        print("interrupted; everything the benchmark made is removed", file=sys.stderr)
-        return 130
-    except (BenchError, docker.errors.DockerException, requests.RequestException) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
+    return print_report(run, args)
 
 
 if __name__ == "__main__":

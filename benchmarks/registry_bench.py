@@ -44,6 +44,7 @@ from bench import (
     filler_layer,
     install_scanner,
     median,
+    print_report,
     progress,
     settle,
     table,
@@ -209,15 +210,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     args.runs = args.runs or (2 if args.quick else 5)
-    try:
-        print("\n".join(run(args)))
-    except KeyboardInterrupt:
-        print("interrupted; everything the benchmark made is removed", file=sys.stderr)
-        return 130
-    except (BenchError, docker.errors.DockerException) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return print_report(run, args)
 
 
 if __name__ == "__main__":

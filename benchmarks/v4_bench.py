@@ -28,7 +28,6 @@ from pathlib import Path
 
 import docker
 import docker.errors
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -47,6 +46,7 @@ from bench import (
     install_scanner,
     machine,
     median,
+    print_report,
     progress,
     remove_images,
     scan,
@@ -167,16 +167,7 @@ def main() -> int:
     args = parser.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
     os.environ.pop("CLAIR_ADDR", None)
-    try:
-        lines = run(args)
-    except KeyboardInterrupt:
-        print("interrupted; everything the benchmark made is removed", file=sys.stderr)
-        return 130
-    except (BenchError, docker.errors.DockerException, requests.RequestException) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
+    return print_report(run, args)
 
 
 if __name__ == "__main__":

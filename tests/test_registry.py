@@ -46,6 +46,14 @@ def _files_text(folder: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file())
 
 
+def _first_layer(reg) -> str:
+    """The digest of the lowest layer blob of REPO:1."""
+    accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+    with reg._session(REPO) as session:
+        manifest = session.get(reg._api(REPO, "manifests/1"), headers=accept).json()
+    return str(manifest["layers"][0]["digest"])
+
+
 def _push_debian(load_image, reg) -> str:
     image = load_image(debian_image_layers())
     reg.push_engine_image(image.tag, f"{REPO}:1")
@@ -352,15 +360,7 @@ def test_schema1_and_zstd_fail_with_one_line(clair, registry_plain, tmp_path):
 def test_blob_clair_cannot_download_names_clairs_message_and_the_relay(clair, registry_plain, tmp_path):
     reg = registry_plain
     reg.put_image(REPO, "1", [layer_bytes(layer) for layer in debian_image_layers()])
-    manifest = json.loads(
-        reg._session(REPO)
-        .get(
-            reg._api(REPO, "manifests/1"),
-            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
-        )
-        .content
-    )
-    first = manifest["layers"][0]["digest"]
+    first = _first_layer(reg)
     reg.override(f"/v2/{REPO}/blobs/{first}", b"gone", status=404)
     result = run_process(
         _args(clair, f"registry:{reg.host}/{REPO}:1"), env={"REGISTRY_INSECURE": "1"}, cwd=tmp_path
@@ -372,15 +372,7 @@ def test_blob_clair_cannot_download_names_clairs_message_and_the_relay(clair, re
 def test_truncated_blob_in_relay_mode_fails_and_leaves_nothing(clair, registry_plain, tmp_path, private_tmp):
     reg = registry_plain
     reg.put_image(REPO, "1", [layer_bytes(layer) for layer in debian_image_layers()])
-    manifest = json.loads(
-        reg._session(REPO)
-        .get(
-            reg._api(REPO, "manifests/1"),
-            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
-        )
-        .content
-    )
-    first = manifest["layers"][0]["digest"]
+    first = _first_layer(reg)
     reg.override(f"/v2/{REPO}/blobs/{first}", b"\x1f\x8b\x08\x00truncated")
     result = run_cli(
         _args(clair, f"registry:{reg.host}/{REPO}:1", "--relay-layers"), env={"REGISTRY_INSECURE": "1"}
