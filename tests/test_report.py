@@ -9,9 +9,16 @@ from datetime import datetime, timezone
 import pytest
 
 from reportcheck import validate_gitlab_report
-from scanner import report
 from scanner.errors import FileSystemError
+from scanner.formats import report_paths, write_all
+from scanner.formats.gitlab import gitlab_report
 from scanner.models import Analysis, Cvss, Finding, Image, ImageResult, Layer, Severity
+
+
+def write_atomic(path: str, data: object) -> None:
+    """A JSON document written as every report is (formats.write_all: all or nothing)."""
+    write_all([(path, (json.dumps(data, indent=2) + "\n").encode())])
+
 
 START = datetime(2026, 11, 23, 7, 0, 1, 123456, tzinfo=timezone.utc)
 END = datetime(2026, 11, 23, 7, 0, 9, tzinfo=timezone.utc)
@@ -44,7 +51,7 @@ def _every_severity() -> tuple[Finding, ...]:
 
 
 def test_report_validates_and_maps_severities_like_gitlab_klar():
-    data = report.gitlab_report(_result(_every_severity()))
+    data = gitlab_report(_result(_every_severity()))
     validate_gitlab_report(data)
     severities = {v["identifiers"][0]["name"]: v["severity"] for v in data["vulnerabilities"]}
     assert severities == {
@@ -77,18 +84,18 @@ def test_report_lists_only_findings_that_count_and_ids_are_stable():
         f if f.severity != Severity.CRITICAL else Finding(**{**f.__dict__, "ignored": "whitelisted"})
         for f in findings
     )
-    data = report.gitlab_report(_result(whitelisted, threshold=Severity.HIGH))
+    data = gitlab_report(_result(whitelisted, threshold=Severity.HIGH))
     validate_gitlab_report(data)
     assert sorted(v["identifiers"][0]["name"] for v in data["vulnerabilities"]) == [
         "CVE-2019-1004",
         "CVE-2019-1006",
     ]
-    again = report.gitlab_report(_result(whitelisted, threshold=Severity.HIGH))
+    again = gitlab_report(_result(whitelisted, threshold=Severity.HIGH))
     assert [v["id"] for v in again["vulnerabilities"]] == [v["id"] for v in data["vulnerabilities"]]
 
 
 def test_empty_report_is_valid(tmp_path):
-    data = report.gitlab_report(_result(()))
+    data = gitlab_report(_result(()))
     validate_gitlab_report(data)
     assert data["vulnerabilities"] == []
 
@@ -99,7 +106,7 @@ def test_unknown_os_still_validates():
     bare = ImageResult(
         analysis, tuple(Finding(**{**f.__dict__, "namespace": ""}) for f in result.findings), Severity.UNKNOWN
     )
-    data = report.gitlab_report(bare)
+    data = gitlab_report(bare)
     validate_gitlab_report(data)
     assert {v["location"]["operating_system"] for v in data["vulnerabilities"]} == {"unknown"}
 
@@ -107,7 +114,7 @@ def test_unknown_os_still_validates():
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
     path = tmp_path / "gl-container-scanning-report.json"
     path.write_text("old")
-    report.write_atomic(str(path), {"a": 1})
+    write_atomic(str(path), {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == [path.name]
 
@@ -116,28 +123,28 @@ def test_atomic_write_failure_keeps_old_report_and_no_temp(tmp_path):
     path = tmp_path / "report.json"
     path.write_text("old")
     with pytest.raises(TypeError):
-        report.write_atomic(str(path), {"bad": object()})  # not serialisable
+        write_atomic(str(path), {"bad": object()})  # not serialisable
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["report.json"]
 
 
 def test_atomic_write_to_missing_directory_is_a_filesystem_error(tmp_path):
     with pytest.raises(FileSystemError):
-        report.write_atomic(str(tmp_path / "no" / "such" / "r.json"), {})
+        write_atomic(str(tmp_path / "no" / "such" / "r.json"), {})
 
 
 def test_full_disk_gives_filesystem_error_and_keeps_old_report(tiny_fs):
     path = tiny_fs / "report.json"
     path.write_text("old")
     with pytest.raises(FileSystemError, match="No space left"):
-        report.write_atomic(str(path), {"a": "b" * 200_000})
+        write_atomic(str(path), {"a": "b" * 200_000})
     assert path.read_text() == "old"
     assert os.listdir(tiny_fs) == ["report.json"]
 
 
 def test_report_paths_name_one_file_per_image():
-    assert report.report_paths("gl.json", ["alpine:3.10"]) == ["gl.json"]
-    assert report.report_paths("out/gl.json", ["alpine:3.10", "registry:5000/app:1", "alpine:3.10"]) == [
+    assert report_paths("gl.json", ["alpine:3.10"]) == ["gl.json"]
+    assert report_paths("out/gl.json", ["alpine:3.10", "registry:5000/app:1", "alpine:3.10"]) == [
         "out/gl-alpine-3.10.json",
         "out/gl-registry-5000-app-1.json",
         "out/gl-alpine-3.10-2.json",

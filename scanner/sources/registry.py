@@ -30,6 +30,7 @@ from .. import reference
 from ..errors import ImageNotFound, RegistryError, ScanError, UsageError, first_line
 from ..models import Image, Layer
 from ..names import chain_ids
+from ..redact import register_secret
 from . import platforms
 
 if TYPE_CHECKING:
@@ -88,23 +89,16 @@ def _docker_config(host: str, environ: Mapping[str, str]) -> Credentials | None:
     import docker.errors
 
     where = environ.get("DOCKER_CONFIG") or "~/.docker"
-    saved = os.environ.get("DOCKER_CONFIG")
+    # Passed as a path: setting DOCKER_CONFIG in os.environ would race other images' workers.
+    path = os.path.join(environ["DOCKER_CONFIG"], "config.json") if environ.get("DOCKER_CONFIG") else None
     try:
-        # The docker SDK reads DOCKER_CONFIG from the process environment only.
-        if environ.get("DOCKER_CONFIG"):
-            os.environ["DOCKER_CONFIG"] = environ["DOCKER_CONFIG"]
-        config = docker.auth.load_config(credstore_env=dict(environ))
+        config = docker.auth.load_config(path, credstore_env=dict(environ))
         registry = None if host in (reference.DOCKER_HUB, "registry-1.docker.io") else host
         found = docker.auth.resolve_authconfig(config, registry, credstore_env=dict(environ))
     except docker.errors.DockerException as exc:
         raise UsageError(
             f"cannot read the credentials for {host} from the Docker config in {where}: {first_line(exc)}"
         ) from None
-    finally:
-        if saved is None:
-            os.environ.pop("DOCKER_CONFIG", None)
-        else:
-            os.environ["DOCKER_CONFIG"] = saved
     if not found:
         return None
     # `auths` entries come back with lower-case keys, helpers' answers with capitalised ones.
@@ -165,10 +159,12 @@ class _Auth:
                     return False
                 self._scheme = "basic"
                 return True
-            if scheme != "bearer" or not params.get("realm"):
-                return False
-            if self._creds is not None and self._creds.token and not self._realm and self._scheme == "bearer":
-                self._realm = {}  # a given token is used as it is; its rejection is final
+            # A token given as it is (DOCKER_TOKEN) was sent already: its rejection is final.
+            if (
+                scheme != "bearer"
+                or not params.get("realm")
+                or (self._creds is not None and self._creds.token)
+            ):
                 return False
             self._scheme = "bearer"
             self._realm = params
@@ -205,17 +201,10 @@ class _Auth:
             ) from None
         if not token:
             raise RegistryError("the registry's token service answered without a token")
-        _register_secret(token)
+        register_secret(token)
         self._token = token
         # Registries count expiry in whole seconds: a second less, to be safe.
         self._renew_at = time.monotonic() + lifetime * _RENEW_AT - 1
-
-
-def _register_secret(value: str) -> None:
-    """Keep a secret out of everything the scan prints, whoever wrote the text."""
-    from ..redact import register_secret
-
-    register_secret(value)
 
 
 def _rejected(creds: Credentials | None, what: str) -> UsageError:
@@ -319,7 +308,7 @@ class Client:
                 if self._creds is not None:
                     for secret in (self._creds.password, self._creds.token):
                         if secret:
-                            _register_secret(secret)
+                            register_secret(secret)
             self._auths[repository] = _Auth(self.session, repository, self._creds, self.verify)
         return self._auths[repository]
 
