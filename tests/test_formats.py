@@ -17,9 +17,10 @@ from packageurl import PackageURL
 
 from reportcheck import validate_gitlab_report, validate_sarif
 from samples import alpine_result, clean_result, debian_result
-from scanner import formats, report
+from scanner import formats
 from scanner.errors import FileSystemError, UsageError
 from scanner.formats import Output, Plan
+from scanner.formats.gitlab import gitlab_report
 from scanner.models import Finding, Package, Severity
 
 SARIF_SCHEMA = (
@@ -223,10 +224,10 @@ def test_json_holds_every_image_and_every_finding():
     )
 
 
-def test_gitlab_format_is_the_report_of_old():
+def test_gitlab_format_renders_the_gitlab_report():
     data = json.loads(render("gitlab", debian_result()))
     validate_gitlab_report(data)
-    assert data == report.gitlab_report(debian_result())
+    assert data == gitlab_report(debian_result())
     with pytest.raises(ValueError):
         render("gitlab", debian_result(), alpine_result())  # one image per file
 
